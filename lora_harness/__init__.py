@@ -1,0 +1,1 @@
+"""lora-harness: evaluation harness and regression gate for person LoRAs."""

@@ -1,0 +1,97 @@
+"""The evaluation case: one image to judge, and the identity it is stored and reported under.
+
+A case is the unit of everything downstream (a test id, a store row key, a CSV row), so its key must be
+stable across runs, workers and machines: it is derived only from the LoRA name, step, prompt and seed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+StepKind = Literal["step", "epoch"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A sample prompt with the kohya inline options that were parsed out of its text."""
+
+    prompt_id: str  # zero-padded like kohya's file names ("00", "01", ...)
+    text: str
+    negative: str | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    steps: int | None = None
+    cfg_scale: float | None = None  # kohya --l
+    guidance: float | None = None  # kohya --g (FLUX distilled guidance)
+
+
+@dataclass(frozen=True)
+class EvalCase:
+    """One image of one checkpoint for one prompt (and seed)."""
+
+    loraname: str
+    training_step: int
+    prompt: Prompt
+    image_path: Path
+    step_kind: StepKind = "step"
+    timestamp: str | None = None
+    seed: int | None = None
+    variant: str | None = None  # the configured source name the case came from
+    extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def prompt_id(self) -> str:
+        return self.prompt.prompt_id
+
+    @property
+    def step_label(self) -> str:
+        """kohya's zero-padded step, or `e`-prefixed epoch, as it appears in file names."""
+        prefix = "e" if self.step_kind == "epoch" else ""
+        return f"{prefix}{self.training_step:06d}"
+
+    @property
+    def checkpoint_key(self) -> str:
+        return f"{self.loraname}-{'epoch' if self.step_kind == 'epoch' else 'step'}{self.training_step:06d}"
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the case: checkpoint, prompt and seed."""
+        seed = "" if self.seed is None else f"-s{self.seed}"
+        return f"{self.checkpoint_key}-p{self.prompt_id}{seed}"
+
+    @property
+    def test_id(self) -> str:
+        return safe_id(self.key)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A (LoRA, step) pair: the unit that aggregate assertions and gates are about."""
+
+    loraname: str
+    training_step: int
+    step_kind: StepKind = "step"
+
+    @classmethod
+    def of(cls, case: EvalCase) -> "Checkpoint":
+        return cls(case.loraname, case.training_step, case.step_kind)
+
+    @property
+    def key(self) -> str:
+        return f"{self.loraname}-{'epoch' if self.step_kind == 'epoch' else 'step'}{self.training_step:06d}"
+
+    @property
+    def test_id(self) -> str:
+        return safe_id(self.key)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
+
+
+def safe_id(text: str) -> str:
+    """Test ids and file names must survive shells, xdist and allure: keep a conservative alphabet."""
+    return _UNSAFE.sub("_", text).strip("_") or "case"

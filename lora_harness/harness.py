@@ -1,0 +1,137 @@
+"""Run-wide state of one pytest process: config, cases, judges, and scoring with recording.
+
+Kept free of pytest so unit tests drive it directly; `plugin.py` only wires it to hooks and fixtures.
+Scoring records each judge's scores as soon as they exist, so a later judge's crash loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, defaultdict
+from pathlib import Path
+import numpy as np
+
+from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.config import ConfigError, EvalConfig
+from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.images import ImageError, load_rgb
+from lora_harness.judges import Judge, JudgeContext, Score, create_judge
+from lora_harness.sources import collect_cases
+from lora_harness.sources.samples import IMAGE_SUFFIXES
+from lora_harness.store import ScoreRow, ScoreStore, latest_rows
+
+
+class Harness:
+    def __init__(self, config: EvalConfig, *, run_id: str, worker: str = "main") -> None:
+        self.config = config
+        self.run_id = run_id
+        self.worker = worker
+        self.cases = collect_cases(config)
+        self.checkpoints = sorted(
+            {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
+        )
+        self.gated = gated_checkpoints(self.checkpoints, config.gate.checkpoints)
+        if isinstance(config.gate.checkpoints, list):
+            steps = {c.training_step for c in self.checkpoints}
+            unknown = sorted(set(config.gate.checkpoints) - steps)
+            if unknown:
+                raise ConfigError(
+                    f"gate.checkpoints lists step(s) {unknown} that no source has; steps found: {sorted(steps)}"
+                )
+        self.judges: list[Judge] = [create_judge(j.name, j.options) for j in config.judges]
+        self._check_threshold_metrics()
+        self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
+        self._scores: dict[str, dict[str, Score]] = {}
+        self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._context: JudgeContext | None = None
+
+    @property
+    def metrics(self) -> list[str]:
+        return [metric for judge in self.judges for metric in judge.metrics]
+
+    def _check_threshold_metrics(self) -> None:
+        unknown = sorted(set(self.config.thresholds) - set(self.metrics))
+        if unknown:
+            raise ConfigError(
+                f"thresholds for metric(s) {', '.join(unknown)} that no configured judge produces; "
+                f"the judges produce: {', '.join(self.metrics)}"
+            )
+
+    def cases_of(self, checkpoint: Checkpoint) -> list[EvalCase]:
+        return [case for case in self.cases if Checkpoint.of(case) == checkpoint]
+
+    def is_gated(self, checkpoint: Checkpoint) -> bool:
+        return checkpoint in self.gated
+
+    def context(self) -> JudgeContext:
+        """Reference photos, decoded once per process and only when a case is judged."""
+        if self._context is None:
+            paths: list[Path] = []
+            for ref in self.config.person.references:
+                if ref.is_dir():
+                    paths.extend(sorted(p for p in ref.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+                else:
+                    paths.append(ref)
+            images = [load_rgb(p, pixel_limit=self.config.run.image_pixel_limit) for p in paths]
+            self._context = JudgeContext(reference_images=images, reference_paths=paths)
+        return self._context
+
+    def image(self, case: EvalCase) -> np.ndarray:
+        """The case's decoded image; the last few are kept so a test and its fixtures decode it once."""
+        key = case.key
+        if key not in self._images:
+            self._images[key] = load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
+            while len(self._images) > 4:
+                self._images.popitem(last=False)
+        return self._images[key]
+
+    def score(self, case: EvalCase) -> dict[str, Score]:
+        """All metrics of a case: from this process, else this run's store (another worker), else judged now."""
+        if case.key in self._scores:
+            return self._scores[case.key]
+        stored = [r for r in latest_rows(self.store.rows(run_id=self.run_id)) if r.case_key == case.key]
+        if stored and {r.metric for r in stored} >= set(self.metrics):
+            scores = {r.metric: Score(r.metric, r.value, r.raw, r.error) for r in stored}
+        else:
+            scores = self._judge(case)
+        self._scores[case.key] = scores
+        return scores
+
+    def _judge(self, case: EvalCase) -> dict[str, Score]:
+        scores: dict[str, Score] = {}
+        try:
+            image = self.image(case)
+            context = self.context()
+        except ImageError as exc:
+            for judge in self.judges:
+                self._record(case, judge, [Score(m, None, error=str(exc)) for m in judge.metrics], scores)
+            return scores
+        for judge in self.judges:
+            try:
+                result = judge.judge(case, image, context)
+            except Exception as exc:  # a judge bug or outage must not lose other judges' scores
+                result = [Score(m, None, error=f"{judge.name} failed: {type(exc).__name__}: {exc}") for m in judge.metrics]
+            self._record(case, judge, result, scores)
+        return scores
+
+    def _record(self, case: EvalCase, judge: Judge, result: list[Score], into: dict[str, Score]) -> None:
+        self.store.append(
+            ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
+            for s in result
+        )
+        into.update({s.metric: s for s in result})
+
+    def record(self, case: EvalCase, score: Score, *, source: str) -> None:
+        """Scores a test computes itself (the `lora_record` fixture) go through the same store."""
+        self.store.append([ScoreRow.of(case, score, judge=source, judge_version="test", run_id=self.run_id, worker=self.worker)])
+        self._scores.setdefault(case.key, {})[score.metric] = score
+
+    def image_findings(self, case: EvalCase) -> list[Finding]:
+        return image_findings(self.score(case), self.config.thresholds)
+
+    def checkpoint_findings(self, checkpoint: Checkpoint) -> tuple[list[Finding], dict[str, list[float | None]]]:
+        values: dict[str, list[float | None]] = defaultdict(list)
+        for case in self.cases_of(checkpoint):
+            for metric, score in self.score(case).items():
+                values[metric].append(score.value)
+        return checkpoint_findings(values, self.config.thresholds), dict(values)
+

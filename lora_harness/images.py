@@ -1,0 +1,63 @@
+"""Decoding images for judges, with errors that say which file is bad and why.
+
+Judges all want the same thing (RGB uint8), so conversion happens once here, and every way an image file
+can be broken (empty, truncated, not an image, a decompression bomb, an odd mode) becomes one ImageError.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+DEFAULT_PIXEL_LIMIT = 64_000_000  # 8000 x 8000; FLUX samples are at most ~4 MP
+
+
+class ImageError(ValueError):
+    pass
+
+
+def load_rgb(path: Path, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarray:
+    """Decode `path` into an (H, W, 3) uint8 array; alpha is composited on white, 16-bit scaled down."""
+    if not path.is_file():
+        raise ImageError(f"{path}: image file not found")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file (0 bytes); the trainer was probably interrupted while writing it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if width * height > pixel_limit:
+                    raise ImageError(
+                        f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+                        f"{pixel_limit:,}; raise `run.image_pixel_limit` if the image is genuine"
+                    )
+                img.load()
+                return _to_rgb(img)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not a readable image (unknown format despite the suffix)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{path}: refused as a possible decompression bomb: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"{path}: cannot decode image ({exc}); the file is truncated or corrupt") from None
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        grey = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        grey = np.clip(np.asarray(img, dtype=np.float64) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))

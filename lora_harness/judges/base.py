@@ -1,0 +1,82 @@
+"""The judge protocol and registry.
+
+A judge turns one case and its decoded image into scores. Judges never write files and never know about
+pytest: the plugin records what they return. Adding a judge is one module that calls `register` plus an
+import in `lora_harness/judges/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from lora_harness.cases import EvalCase
+
+
+@dataclass(frozen=True)
+class Score:
+    """One metric value for one case. `raw` keeps the numbers the value was derived from."""
+
+    metric: str
+    value: float | None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+    error: str | None = None  # set (and value None) when the judge could not score this case
+
+
+@dataclass(frozen=True)
+class JudgeContext:
+    """What a judge may need besides the case's own image (reference photos of the person, ...)."""
+
+    reference_images: Sequence[np.ndarray] = ()
+    reference_paths: Sequence[Path] = ()
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """A judge scores a case. `image` is an RGB uint8 array of shape (H, W, 3)."""
+
+    name: str
+    version: str
+
+    @property
+    def metrics(self) -> Sequence[str]: ...
+
+    def judge(self, case: EvalCase, image: np.ndarray, context: JudgeContext) -> list[Score]: ...
+
+
+JudgeFactory = Callable[..., Judge]
+_REGISTRY: dict[str, JudgeFactory] = {}
+
+
+class UnknownJudgeError(KeyError):
+    pass
+
+
+def register(name: str) -> Callable[[JudgeFactory], JudgeFactory]:
+    """Register a judge factory under the name used in `[[judges]] name = ...` of the config."""
+
+    def decorator(factory: JudgeFactory) -> JudgeFactory:
+        if name in _REGISTRY and _REGISTRY[name] is not factory:
+            raise ValueError(f"judge {name!r} is registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def registered_judges() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_judge(name: str, options: Mapping[str, Any] | None = None) -> Judge:
+    """Build a judge from its config entry; unknown names list what exists."""
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise UnknownJudgeError(
+            f"unknown judge {name!r}; registered judges: {', '.join(registered_judges()) or '(none)'}"
+        ) from None
+    return factory(**dict(options or {}))

@@ -1,0 +1,113 @@
+"""CSV in the research's layout (one row per image, one column per metric) and one row per score.
+
+The wide file keeps the study's column names and zero-padded `training_step`/`prompt_id` strings, so its
+notebooks and the study's own `res_*.csv` files can be read side by side with ours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from lora_harness.store import ScoreRow
+
+ID_COLUMNS = ["loraname", "training_step", "prompt_id", "timestamp"]
+TAIL_COLUMNS = ["seed", "image", "run_id"]
+# The study's metric columns, in its order; other metrics follow alphabetically.
+RESEARCH_METRICS = [
+    "eval_person_llm",
+    "eval_image_quality_llm",
+    "eval_limb_quality_llm",
+    "eval_artifacts_quality_llm",
+    "eval_same_person_llm",
+    "eval_prompt_adherence_llm",
+    "eval_prompt_adherence_llm_simpler_prompt",
+    "clip_score",
+]
+LONG_COLUMNS = [
+    "case_key", "loraname", "training_step", "step_kind", "prompt_id", "seed", "timestamp", "prompt", "image",
+    "variant", "metric", "value", "error", "raw", "judge", "judge_version", "run_id", "worker", "recorded_at",
+]
+
+
+class ScoresCsvError(ValueError):
+    pass
+
+
+def metric_order(metrics: Iterable[str]) -> list[str]:
+    found = set(metrics)
+    return [m for m in RESEARCH_METRICS if m in found] + sorted(found - set(RESEARCH_METRICS))
+
+
+def step_label(step: int, kind: str) -> str:
+    return f"{'e' if kind == 'epoch' else ''}{step:06d}"
+
+
+def wide_frame(rows: list[ScoreRow]) -> pd.DataFrame:
+    """One row per case; metric values as columns (empty where a judge errored)."""
+    metrics = metric_order(row.metric for row in rows)
+    cases: dict[str, dict[str, object]] = {}
+    for row in sorted(rows, key=lambda r: (r.loraname, r.step_kind, r.training_step, r.prompt_id, r.seed or 0)):
+        record = cases.setdefault(
+            row.case_key,
+            {
+                "loraname": row.loraname,
+                "training_step": step_label(row.training_step, row.step_kind),
+                "prompt_id": row.prompt_id,
+                "timestamp": row.timestamp or "",
+                "seed": "" if row.seed is None else row.seed,
+                "image": row.image,
+                "run_id": row.run_id,
+            },
+        )
+        record[row.metric] = row.value
+    return pd.DataFrame(list(cases.values()), columns=ID_COLUMNS + metrics + TAIL_COLUMNS)
+
+
+def long_frame(rows: list[ScoreRow]) -> pd.DataFrame:
+    records = []
+    for row in rows:
+        record = {column: getattr(row, column) for column in LONG_COLUMNS}
+        record["training_step"] = step_label(row.training_step, row.step_kind)
+        record["raw"] = json.dumps(row.raw, sort_keys=True)
+        records.append(record)
+    return pd.DataFrame(records, columns=LONG_COLUMNS)
+
+
+def write_score_csvs(rows: list[ScoreRow], out_dir: Path) -> tuple[Path, Path]:
+    """Write `scores.csv` (wide) and `scores_long.csv` atomically (a reader never sees half a file)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / "scores.csv", out_dir / "scores_long.csv"
+    for frame, path in zip((wide_frame(rows), long_frame(rows)), paths):
+        tmp = path.with_suffix(".csv.tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)
+    return paths
+
+
+def read_scores_csv(path: Path) -> pd.DataFrame:
+    """Read a wide scores CSV, ours or the study's (whose first column is a pandas index)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScoresCsvError(f"scores CSV not found: {path}")
+    try:
+        frame = pd.read_csv(path, dtype={column: str for column in ID_COLUMNS}, keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise ScoresCsvError(f"{path}: not a readable CSV ({exc})") from None
+    frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith("Unnamed: ")])
+    missing = [column for column in ID_COLUMNS[:3] if column not in frame.columns]
+    if missing:
+        raise ScoresCsvError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected the research layout "
+            f"({', '.join(ID_COLUMNS)}, then one column per metric)"
+        )
+    return frame
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The numeric metric columns of a wide frame (everything that is not an id or bookkeeping column)."""
+    skip = set(ID_COLUMNS) | set(TAIL_COLUMNS)
+    return [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]

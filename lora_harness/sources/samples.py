@@ -1,0 +1,146 @@
+"""kohya sd-scripts sample folders: images a trainer already produced, judged without a GPU.
+
+kohya names samples `<output_name>_<step:06d>_<prompt:02d>_<YYYYmmddHHMMSS>[_<seed>].png` (`e<epoch:06d>`
+for epoch sampling; no `<output_name>_` when the run had none). Output names contain `_` and `-`, so names
+are matched from the right with one anchored pattern instead of being split on `_`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lora_harness.cases import EvalCase, Prompt
+from lora_harness.prompts import read_prompt_file
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+SAMPLE_NAME = re.compile(
+    r"^(?:(?P<name>.+)_)?(?P<step>e?\d{6,})_(?P<prompt>\d{2,})_(?P<timestamp>\d{14})(?:_(?P<seed>\d+))?"
+    r"\.(?P<ext>png|jpe?g|webp)$",
+    re.IGNORECASE,
+)
+EXPECTED_PATTERN = "<output_name>_<step:06d | e<epoch:06d>>_<prompt:02d>_<YYYYmmddHHMMSS>[_<seed>].<png|jpg|jpeg|webp>"
+
+
+class SampleFolderError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class SampleName:
+    loraname: str | None
+    training_step: int
+    step_kind: str
+    prompt_id: str
+    timestamp: str
+    seed: int | None
+
+
+def parse_sample_name(filename: str) -> SampleName | None:
+    """Parse a kohya sample file name; None when it does not follow kohya's pattern."""
+    match = SAMPLE_NAME.match(filename)
+    if not match:
+        return None
+    step = match["step"]
+    return SampleName(
+        loraname=match["name"],
+        training_step=int(step.lstrip("eE")),
+        step_kind="epoch" if step[0] in "eE" else "step",
+        prompt_id=match["prompt"],
+        timestamp=match["timestamp"],
+        seed=int(match["seed"]) if match["seed"] else None,
+    )
+
+
+def collect_sample_cases(
+    folder: Path,
+    *,
+    prompts_file: Path | None = None,
+    loraname: str | None = None,
+    variant: str | None = None,
+    ignore_unmatched: bool = False,
+    on_duplicate: str = "error",
+) -> list[EvalCase]:
+    """Every sample image in `folder` as a case, with its prompt from the trainer's prompt file.
+
+    A sample whose prompt id is not in the prompt file, a file that does not look like a kohya sample
+    (unless ignored) and two images for the same case are errors: each would silently skew the scores.
+    """
+    if not folder.exists():
+        raise SampleFolderError(f"sample folder not found: {folder}; check `path` of the source in the config")
+    if not folder.is_dir():
+        raise SampleFolderError(f"sample source is not a folder: {folder}")
+    prompts_path = prompts_file or _find_prompt_file(folder)
+    prompts = {prompt.prompt_id: prompt for prompt in read_prompt_file(prompts_path)}
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SampleFolderError(
+            f"no sample images (*{', *'.join(IMAGE_SUFFIXES)}) in {folder}; "
+            "kohya writes them to <output_dir>/sample/ when --sample_every_n_steps is set"
+        )
+    cases: dict[str, EvalCase] = {}
+    unmatched: list[str] = []
+    duplicates: list[tuple[Path, Path]] = []
+    for path in files:
+        name = parse_sample_name(path.name)
+        if name is None:
+            unmatched.append(path.name)
+            continue
+        prompt = _prompt_for(prompts, name.prompt_id, path, prompts_path)
+        case = EvalCase(
+            loraname=loraname or name.loraname or folder.name,
+            training_step=name.training_step,
+            step_kind=name.step_kind,  # type: ignore[arg-type]
+            prompt=prompt,
+            image_path=path,
+            timestamp=name.timestamp,
+            seed=name.seed if name.seed is not None else prompt.seed,
+            variant=variant,
+        )
+        previous = cases.get(case.key)
+        if previous is not None:
+            if on_duplicate == "error":
+                duplicates.append((previous.image_path, path))
+                continue
+            if (previous.timestamp or "") > (case.timestamp or ""):
+                continue  # keep the newest sample, as a resumed training run would
+        cases[case.key] = case
+    if unmatched and not ignore_unmatched:
+        shown = "\n  ".join(unmatched[:20]) + ("\n  ..." if len(unmatched) > 20 else "")
+        raise SampleFolderError(
+            f"{len(unmatched)} file(s) in {folder} do not match the kohya sample pattern "
+            f"{EXPECTED_PATTERN}:\n  {shown}\nrename or remove them, or set `ignore_unmatched = true` on the source"
+        )
+    if duplicates:
+        shown = "\n  ".join(f"{a.name} and {b.name}" for a, b in duplicates[:20])
+        raise SampleFolderError(
+            f"{folder}: {len(duplicates)} case(s) have more than one image (same LoRA, step, prompt and seed):\n"
+            f"  {shown}\nremove the stale copies, or set `on_duplicate = \"latest\"` on the source to keep the newest"
+        )
+    if not cases:
+        raise SampleFolderError(f"{folder}: no kohya sample images left after ignoring unmatched files")
+    return sorted(cases.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step, c.prompt_id, c.seed or 0))
+
+
+def _find_prompt_file(folder: Path) -> Path:
+    """kohya keeps samples in <output>/sample/ and fluxgym the prompt file in <output>/: look in both."""
+    for candidate in (folder / "sample_prompts.txt", folder.parent / "sample_prompts.txt"):
+        if candidate.is_file():
+            return candidate
+    raise SampleFolderError(
+        f"no sample_prompts.txt in {folder} or its parent; set `prompts = \"path/to/sample_prompts.txt\"` "
+        "on the source"
+    )
+
+
+def _prompt_for(prompts: dict[str, Prompt], prompt_id: str, image: Path, prompts_path: Path) -> Prompt:
+    # kohya pads to two digits, but a hand-renamed file may not: match on the number too.
+    prompt = prompts.get(prompt_id) or prompts.get(f"{int(prompt_id):02d}")
+    if prompt is None:
+        raise SampleFolderError(
+            f"{image}: prompt id {prompt_id} is not in {prompts_path}, which has {len(prompts)} prompt(s) "
+            f"(ids {', '.join(sorted(prompts))}); use the prompt file the samples were made with"
+        )
+    return prompt

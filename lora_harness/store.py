@@ -1,0 +1,126 @@
+"""Crash-safe score storage: one append-only JSON-lines file per writer process.
+
+Every score is written (and fsynced) the moment a judge returns it, so a crash, a Ctrl-C or a failing
+later case never loses what was already computed. Each process (the controller or an xdist worker) owns
+its own file, so no locking is needed; readers merge all files. Rows are never rewritten: a rerun appends
+newer rows, and `latest_rows` takes the newest row per (case, metric).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from lora_harness.cases import EvalCase
+from lora_harness.judges.base import Score
+
+SCORES_DIRNAME = "scores"
+
+
+@dataclass(frozen=True)
+class ScoreRow:
+    """One stored score with everything needed to report it without the original config."""
+
+    case_key: str
+    checkpoint_key: str
+    loraname: str
+    training_step: int
+    step_kind: str
+    prompt_id: str
+    prompt: str
+    seed: int | None
+    timestamp: str | None
+    image: str
+    variant: str | None
+    metric: str
+    value: float | None
+    raw: dict[str, Any]
+    error: str | None
+    judge: str
+    judge_version: str
+    run_id: str
+    worker: str
+    recorded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def of(cls, case: EvalCase, score: Score, *, judge: str, judge_version: str, run_id: str, worker: str) -> "ScoreRow":
+        return cls(
+            case_key=case.key,
+            checkpoint_key=case.checkpoint_key,
+            loraname=case.loraname,
+            training_step=case.training_step,
+            step_kind=case.step_kind,
+            prompt_id=case.prompt_id,
+            prompt=case.prompt.text,
+            seed=case.seed,
+            timestamp=case.timestamp,
+            image=str(case.image_path),
+            variant=case.variant,
+            metric=score.metric,
+            value=None if score.value is None else float(score.value),
+            raw=dict(score.raw),
+            error=score.error,
+            judge=judge,
+            judge_version=judge_version,
+            run_id=run_id,
+            worker=worker,
+        )
+
+
+class ScoreStore:
+    """Appends rows for one writer; reads rows of every writer of a run folder."""
+
+    def __init__(self, run_dir: Path, *, run_id: str, worker: str = "main") -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id
+        self.worker = worker
+        self.scores_dir = self.run_dir / SCORES_DIRNAME
+        self.path = self.scores_dir / f"{run_id}.{worker}.jsonl"
+
+    def append(self, rows: Iterable[ScoreRow]) -> None:
+        """Write rows and fsync before returning: once this returns, the scores survive a crash."""
+        lines = "".join(json.dumps(asdict(row), allow_nan=False, default=str) + "\n" for row in rows)
+        if not lines:
+            return
+        self.scores_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def rows(self, *, run_id: str | None = None) -> list[ScoreRow]:
+        return list(read_rows(self.run_dir, run_id=run_id))
+
+
+def read_rows(run_dir: Path, *, run_id: str | None = None) -> Iterator[ScoreRow]:
+    """All rows of a run folder (optionally one session's), in file then line order.
+
+    A torn last line (a process killed mid-write) is skipped with a warning, not an error: the rows before
+    it are intact and must still be reported.
+    """
+    scores_dir = Path(run_dir) / SCORES_DIRNAME
+    pattern = f"{run_id}.*.jsonl" if run_id else "*.jsonl"
+    for path in sorted(scores_dir.glob(pattern)):
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield ScoreRow(**json.loads(line))
+                except (json.JSONDecodeError, TypeError) as exc:
+                    warnings.warn(f"{path}:{number}: skipping an unreadable score row ({exc})", stacklevel=2)
+
+
+def latest_rows(rows: Iterable[ScoreRow]) -> list[ScoreRow]:
+    """The newest row per (case, metric): reruns supersede, history stays on disk."""
+    newest: dict[tuple[str, str], ScoreRow] = {}
+    for row in rows:
+        key = (row.case_key, row.metric)
+        if key not in newest or row.recorded_at >= newest[key].recorded_at:
+            newest[key] = row
+    return list(newest.values())
