@@ -15,16 +15,18 @@ from lora_harness.config import ConfigError, EvalConfig
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
+from lora_harness.judges.base import error_scores, judge_many
 from lora_harness.sources import collect_cases
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 from lora_harness.store import ScoreRow, ScoreStore, latest_rows
 
 
 class Harness:
-    def __init__(self, config: EvalConfig, *, run_id: str, worker: str = "main") -> None:
+    def __init__(self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1) -> None:
         self.config = config
         self.run_id = run_id
         self.worker = worker
+        self.worker_count = worker_count
         self.cases = collect_cases(config)
         self.checkpoints = sorted(
             {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
@@ -72,7 +74,14 @@ class Harness:
                 else:
                     paths.append(ref)
             images = [load_rgb(p, pixel_limit=self.config.run.image_pixel_limit) for p in paths]
-            self._context = JudgeContext(reference_images=images, reference_paths=paths)
+            self._context = JudgeContext(
+                reference_images=images,
+                reference_paths=paths,
+                trigger=self.config.person.trigger,
+                description=self.config.person.description,
+                cache_dir=self.config.run_dir / "cache",
+                worker_count=self.worker_count,
+            )
         return self._context
 
     def image(self, case: EvalCase) -> np.ndarray:
@@ -85,40 +94,67 @@ class Harness:
         return self._images[key]
 
     def score(self, case: EvalCase) -> dict[str, Score]:
-        """All metrics of a case: from this process, else this run's store (another worker), else judged now."""
-        if case.key in self._scores:
-            return self._scores[case.key]
-        stored = [r for r in latest_rows(self.store.rows(run_id=self.run_id)) if r.case_key == case.key]
-        if stored and {r.metric for r in stored} >= set(self.metrics):
-            scores = {r.metric: Score(r.metric, r.value, r.raw, r.error) for r in stored}
-        else:
-            scores = self._judge(case)
-        self._scores[case.key] = scores
-        return scores
+        """All metrics of a case: from this process, else this run's store (another worker), else judged now.
 
-    def _judge(self, case: EvalCase) -> dict[str, Score]:
-        scores: dict[str, Score] = {}
+        Judging takes the case's whole checkpoint at once (its unscored cases), so batched and concurrent
+        judges see many images per call; xdist keeps a checkpoint on one worker, so nothing is judged twice.
+        """
+        if case.key not in self._scores:
+            self._load_stored()
+        if case.key not in self._scores:
+            pending = [c for c in self.cases_of(Checkpoint.of(case)) if c.key not in self._scores and c.key != case.key]
+            self._judge([case, *pending])
+        return self._scores[case.key]
+
+    def _load_stored(self) -> None:
+        """Adopt complete score sets another process of this run already recorded."""
+        by_case: dict[str, dict[str, Score]] = defaultdict(dict)
+        for row in latest_rows(self.store.rows(run_id=self.run_id)):
+            by_case[row.case_key][row.metric] = Score(row.metric, row.value, row.raw, row.error)
+        wanted = set(self.metrics)
+        for key, scores in by_case.items():
+            if key not in self._scores and wanted <= set(scores):
+                self._scores[key] = scores
+
+    def _judge(self, cases: list[EvalCase]) -> None:
+        items: list[tuple[EvalCase, np.ndarray]] = []
+        for case in cases:
+            self._scores[case.key] = {}
+            try:
+                items.append((case, self.image(case) if case is cases[0] else self._decode(case)))
+            except ImageError as exc:
+                for judge in self.judges:
+                    self._record(judge, [(case, error_scores(judge, str(exc)))])
+        if not items:
+            return
         try:
-            image = self.image(case)
             context = self.context()
         except ImageError as exc:
+            message = f"reference photo unusable: {exc}; fix `person.references` in the config"
             for judge in self.judges:
-                self._record(case, judge, [Score(m, None, error=str(exc)) for m in judge.metrics], scores)
-            return scores
+                self._record(judge, [(case, error_scores(judge, message)) for case, _ in items])
+            return
         for judge in self.judges:
             try:
-                result = judge.judge(case, image, context)
+                results = judge_many(judge, items, context)
+                if len(results) != len(items):
+                    raise RuntimeError(f"returned {len(results)} results for {len(items)} images")
             except Exception as exc:  # a judge bug or outage must not lose other judges' scores
-                result = [Score(m, None, error=f"{judge.name} failed: {type(exc).__name__}: {exc}") for m in judge.metrics]
-            self._record(case, judge, result, scores)
-        return scores
+                results = [error_scores(judge, f"failed: {type(exc).__name__}: {exc}")] * len(items)
+            self._record(judge, [(case, scores) for (case, _), scores in zip(items, results)])
 
-    def _record(self, case: EvalCase, judge: Judge, result: list[Score], into: dict[str, Score]) -> None:
+    def _decode(self, case: EvalCase) -> np.ndarray:
+        return load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
+
+    def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
+        """fsync one judge's scores for a batch before the next judge runs."""
         self.store.append(
             ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
-            for s in result
+            for case, scores in results
+            for s in scores
         )
-        into.update({s.metric: s for s in result})
+        for case, scores in results:
+            self._scores.setdefault(case.key, {}).update({s.metric: s for s in scores})
 
     def record(self, case: EvalCase, score: Score, *, source: str) -> None:
         """Scores a test computes itself (the `lora_record` fixture) go through the same store."""

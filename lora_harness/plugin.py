@@ -56,6 +56,7 @@ class PluginState:
     pytest_config: pytest.Config
     run_id: str
     worker: str
+    worker_count: int = 1
     run_dirs: set[Path] = field(default_factory=set)
     _harness: Harness | None = None
     _config: EvalConfig | None = None
@@ -67,7 +68,9 @@ class PluginState:
 
     def harness(self) -> Harness:
         if self._harness is None:
-            self._harness = Harness(self.eval_config(), run_id=self.run_id, worker=self.worker)
+            self._harness = Harness(
+                self.eval_config(), run_id=self.run_id, worker=self.worker, worker_count=self.worker_count
+            )
             self.run_dirs.add(self._harness.config.run_dir)
         return self._harness
 
@@ -81,7 +84,8 @@ def pytest_configure(config: pytest.Config) -> None:
         run_id, worker = workerinput[RUN_ID_KEY], workerinput["workerid"]
     else:
         run_id, worker = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}", "main"
-    config.stash[_STATE] = PluginState(config, run_id, worker)
+    worker_count = int(workerinput.get("workercount", 1)) if workerinput is not None else 1
+    config.stash[_STATE] = PluginState(config, run_id, worker, worker_count)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config.stash[_STATE]), "lora_harness_xdist")
 

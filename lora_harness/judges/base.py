@@ -28,10 +28,14 @@ class Score:
 
 @dataclass(frozen=True)
 class JudgeContext:
-    """What a judge may need besides the case's own image (reference photos of the person, ...)."""
+    """What a judge may need besides the case's own image: the person, and where it may keep a cache."""
 
     reference_images: Sequence[np.ndarray] = ()
     reference_paths: Sequence[Path] = ()
+    trigger: str | None = None  # the LoRA's trigger token, e.g. "<phigep>"
+    description: str | None = None  # plain words for the person, for models that do not know the token
+    cache_dir: Path | None = None  # a folder the judge may use for a content-addressed cache
+    worker_count: int = 1  # processes judging at once (xdist workers): split rate limits by this
 
 
 @runtime_checkable
@@ -45,6 +49,36 @@ class Judge(Protocol):
     def metrics(self) -> Sequence[str]: ...
 
     def judge(self, case: EvalCase, image: np.ndarray, context: JudgeContext) -> list[Score]: ...
+
+
+class BatchJudge(Judge, Protocol):
+    """A judge that is faster on many cases at once (batched models, concurrent API calls).
+
+    Returns one list of scores per item, in order. An item that fails gets Scores with `error` set;
+    an exception fails the whole batch (the harness then records errors for every item).
+    """
+
+    def judge_batch(
+        self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext
+    ) -> list[list[Score]]: ...
+
+
+def judge_many(judge: Judge, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext) -> list[list[Score]]:
+    """Score several cases with one judge, batched when the judge supports it."""
+    batch = getattr(judge, "judge_batch", None)
+    if batch is not None:
+        return batch(items, context)
+    results = []
+    for case, image in items:
+        try:
+            results.append(judge.judge(case, image, context))
+        except Exception as exc:  # one bad case must not cost the others their scores
+            results.append(error_scores(judge, f"{type(exc).__name__}: {exc}"))
+    return results
+
+
+def error_scores(judge: Judge, message: str) -> list[Score]:
+    return [Score(metric, None, error=f"{judge.name}: {message}") for metric in judge.metrics]
 
 
 JudgeFactory = Callable[..., Judge]

@@ -4,24 +4,31 @@ Over-trained or broken LoRAs show up in the pixels before they show up in identi
 grid/checkerboard patterns, high-frequency noise, and burnt-out (clipped, over-saturated) colours. This
 judge measures those directly, so it runs on every case in milliseconds and gives an early warning.
 
-Two metrics, each in [0, 1] where 1 means "clean":
+Two metrics, each in [0, 1] where 1 means "clean" (every intermediate number is in `Score.raw`):
 
-* ``spectral_score``: from the Hann-windowed power spectrum of the grey image,
-  ``min(hf_score, peak_score)`` where
-  ``hf_score = smooth(hf_ratio, hf_half)`` (energy above ``hf_cutoff`` cycles/px over all AC energy) and
-  ``peak_score = smooth(peak_energy, peak_half)`` (energy in spectral bins that stand more than
-  ``peak_db`` above the median of their frequency ring, over all AC energy).
+* ``spectral_score = min(hf_score, peak_score)`` from the Hann-windowed power spectrum of the grey image
+  (box-downscaled to ``max_side``):
+  ``hf_score = smooth(hf_ratio, hf_half)``, with ``hf_ratio`` the power above ``hf_cutoff`` cycles/px over
+  all AC power (photos 0.01-0.08, white noise 0.8); and ``peak_score = smooth(peak_energy, peak_half)``,
+  with ``peak_energy`` the power in isolated spectral peaks over all power above ``peak_min_freq``
+  (photos 0, a +-20 grey-level grid or checkerboard 0.05-0.3). See `spectral_stats` for what a peak is.
   The spectral slope (log power vs log frequency) is reported in ``raw`` only: it depends too much on
   content (bokeh, studio backgrounds) to be a pass/fail signal on its own.
-* ``magnitude_score``: ``min(clip_score, saturation_score, region_score)`` over the clipped-pixel
-  fraction, the over-saturated-pixel fraction and the largest connected blown-out region's area fraction.
+* ``magnitude_score = min(clip_score, saturation_score, region_score)``: `smooth` of the clipped-pixel
+  fraction (``clip_half``; lenient, since black backgrounds and deep shadows are common in real photos),
+  the over-saturated-pixel fraction (``saturation_half``) and the area fraction of the largest connected
+  blown-out region (``region_half``; strict, a blown face or sky is one big region, specular highlights
+  are many tiny ones).
 
 ``smooth(x, half) = 1 / (1 + (x / half) ** steepness)``: 1 at x = 0, 0.5 at x = half, ~0.94 at
-x = half / 4 (steepness 2), so each option's ``*_half`` is the documented "this is half bad" point.
+x = half / 4 (steepness 2), so each ``*_half`` option is the documented "half bad" reference point.
+Known blind spots: genuinely periodic scenes (brick walls, printed text) lower ``spectral_score``, and a
+pure-white studio background lowers ``magnitude_score``.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -57,12 +64,13 @@ def to_grey(rgb: np.ndarray, max_side: int | None = None) -> np.ndarray:
     ringing; patterns finer than that at the original resolution are averaged away, so raise `max_side`
     if one-pixel checkerboards at full resolution matter more than speed.
     """
-    grey = np.asarray(rgb, dtype=np.float32) @ _LUMA if rgb.ndim == 3 else np.asarray(rgb, np.float32)
+    rgb = np.asarray(rgb)
+    grey = rgb.astype(np.float32) @ _LUMA if rgb.ndim == 3 else rgb.astype(np.float32)
     h, w = grey.shape
     if max_side is not None and max(h, w) > max_side:
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        grey = np.asarray(Image.fromarray(grey, mode="F").resize(size, Image.Resampling.BOX))
+        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.BOX))
     return grey
 
 
@@ -87,9 +95,10 @@ def spectral_stats(
 
     Returns plain floats/ints:
       ``hf_ratio``: power at radius >= `hf_cutoff` over all AC power. Noise and pixel-level patterns raise it.
-      ``peak_energy``: power of the peak bins above their ring median, over all power above `peak_min_freq`
+      ``peak_energy``: power of the peak bins above their ring median, over all power at radius >=
+      ``peak_min_freq`` (the option, raised to 8 frequency steps for small images; reported in the output)
       (about the share of the image's detail variance that the periodic pattern carries).
-      ``peak_max_db``: how far (dB) the strongest bin above `peak_min_freq` stands above its ring median
+      ``peak_max_db``: how far (dB) the strongest judged bin stands above its ring median
       (~12-15 dB for clean photos just from the statistics of a periodogram).
       ``n_peak_bins`` / ``n_peaks``: peak bins, and connected groups of them (one per harmonic, roughly).
       ``slope``: least-squares slope of log10 ring-mean power vs log10 frequency over
@@ -106,6 +115,7 @@ def spectral_stats(
         "peak_max_db": 0.0,
         "n_peak_bins": 0,
         "n_peaks": 0,
+        "peak_min_freq": float(peak_min_freq),
         "slope": None,
     }
     if h < 4 or w < 4 or float(grey.std()) < 1e-3:
@@ -135,7 +145,11 @@ def spectral_stats(
     if fit.sum() >= 3:
         out["slope"] = float(np.polyfit(np.log10(ring_freq[fit]), np.log10(ring_mean[fit]), 1)[0])
 
-    considered = radius >= peak_min_freq
+    # The isolation test needs bins 3..6 steps further in, so peaks closer than 8 steps to DC are not
+    # judged: fewer than ~8 periods across the shorter side cannot be told apart from scene content.
+    min_freq = max(peak_min_freq, 8 * step)
+    out["peak_min_freq"] = float(min_freq)
+    considered = radius >= min_freq
     if not considered.any():
         return out
     excess_db = 10.0 * (log_p - background)
@@ -183,8 +197,9 @@ def _radial_neighbour_level(
     """For the bins in `mask`: max over the inward and outward side of the median log power of the bins
     3..6 steps away along the same direction (past the Hann main lobe, which is 2 bins wide each side).
 
-    A side that falls off the spectrum (outward at Nyquist, inward near DC) is left out; with neither side
-    available the level is -inf, so the isolation test passes and only the ring test decides.
+    The outward side may fall off the spectrum (a peak at Nyquist); then the inward side alone decides,
+    which is the side that matters for rejecting lines (their power falls with radius). Callers keep
+    bins at least 8 steps from DC so that the inward side always exists.
     """
     h, w = shape
     w_half = log_p.shape[1]
@@ -193,7 +208,7 @@ def _radial_neighbour_level(
     k_x = xs.astype(np.float64)
     r = radius[ys, xs]
     sides = []
-    for sign in (-1.0, 1.0):
+    for sign in (-1.0, 1.0):  # inward, outward
         samples = []
         valid = np.ones(len(ys), dtype=bool)
         for offset in (3, 4, 5, 6):
@@ -232,12 +247,13 @@ def magnitude_stats(
 ) -> dict[str, Any]:
     """Clipping and saturation statistics of an RGB uint8 image.
 
-    Returns plain floats:
+    Returns plain floats/ints:
       ``clipped_fraction``: pixels with any channel <= `low` or >= `high` (lost detail in that channel).
       ``oversaturated_fraction``: pixels with HSV saturation >= `saturation` and value >= `saturation_value`
       (the neon, burnt colours of an over-cooked LoRA or too-high guidance).
       ``largest_blown_fraction``: area fraction of the largest 8-connected region whose channels are all
       >= `high`. Specular highlights are small and scattered; a blown-out sky, face or patch is one region.
+      ``blown_fraction`` / ``n_blown_regions``: all such pixels, and how many regions they form.
     """
     rgb = np.asarray(rgb)
     if rgb.ndim == 2:
@@ -277,11 +293,11 @@ class ImageStatsJudge:
         *,
         max_side: int = 512,
         hf_cutoff: float = 0.25,
-        hf_half: float = 0.15,
+        hf_half: float = 0.2,
         peak_db: float = 20.0,
         isolation_db: float = 10.0,
         peak_min_freq: float = 0.02,
-        peak_half: float = 0.02,
+        peak_half: float = 0.005,
         low: int = 2,
         high: int = 253,
         saturation: float = 0.95,
@@ -290,12 +306,18 @@ class ImageStatsJudge:
         saturation_half: float = 0.10,
         region_half: float = 0.03,
         steepness: float = 2.0,
+        **unknown: Any,
     ) -> None:
+        if unknown:  # a typo in the TOML table should fail loudly, not be ignored
+            raise ValueError(
+                f"image_stats got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
+                f"allowed options: {', '.join(_OPTIONS)}"
+            )
         _check_int("max_side", max_side, 16, None)
         _check_number("hf_cutoff", hf_cutoff, 0.0, 0.5, open_low=True, open_high=True)
         _check_number("peak_db", peak_db, 0.0, None, open_low=True)
         _check_number("isolation_db", isolation_db, 0.0, None)
-        _check_number("peak_min_freq", peak_min_freq, 0.0, 0.5, open_high=True)
+        _check_number("peak_min_freq", peak_min_freq, 0.0, 0.5, open_low=True, open_high=True)
         _check_int("low", low, 0, 254)
         _check_int("high", high, 1, 255)
         if low >= high:
@@ -349,6 +371,13 @@ class ImageStatsJudge:
         region = smooth_score(stats["largest_blown_fraction"], self.region_half, self.steepness)
         raw = {**stats, "clip_score": clip, "saturation_score": sat, "region_score": region}
         return Score("magnitude_score", min(clip, sat, region), raw)
+
+
+_OPTIONS = tuple(
+    name
+    for name, param in inspect.signature(ImageStatsJudge.__init__).parameters.items()
+    if param.kind is param.KEYWORD_ONLY
+)
 
 
 def _check_number(
