@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
+from lora_harness.generation.settings import PipelineConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
+from lora_harness.sources.generate import GenerateSource
 
 
 class ConfigError(ValueError):
@@ -43,6 +45,25 @@ class SamplesSource(_Model):
     on_duplicate: Literal["error", "latest"] = "error"
 
 
+SOURCE_KINDS: dict[str, type[BaseModel]] = {"samples": SamplesSource, "generate": GenerateSource}
+
+
+def _source_kind(value: Any) -> str:
+    """`kind` picks the source model; sources without one are sample folders (configs before generation mode)."""
+    return value.get("kind", "samples") if isinstance(value, dict) else getattr(value, "kind", "samples")
+
+
+Source = Annotated[
+    Union[Annotated[SamplesSource, Tag("samples")], Annotated[GenerateSource, Tag("generate")]],
+    Discriminator(
+        _source_kind,
+        custom_error_type="source_kind",
+        custom_error_message="unknown source kind; allowed: 'samples' (a kohya sample folder) or 'generate' "
+        "(images generated from LoRA checkpoints)",
+    ),
+]
+
+
 class PersonConfig(_Model):
     references: list[Path] = []
     trigger: str | None = None
@@ -55,13 +76,18 @@ class JudgeConfig(_Model):
 
 
 class Threshold(_Model):
-    """Minimums for one metric: per image, and for the mean over a checkpoint's images."""
+    """Minimums for one metric: per image, and for a checkpoint's aggregate over its images.
+
+    `on = "ci_low"` applies the checkpoint minimum to the lower bound of the bootstrap CI instead of the
+    mean, so a checkpoint passes only when it is above the minimum with confidence, not by a lucky draw.
+    """
 
     image: float | None = None
     checkpoint: float | None = None
+    on: Literal["mean", "ci_low"] = "mean"
 
 
-GateSpec = Literal["latest", "all"] | list[int]
+GateSpec = Literal["latest", "all", "best"] | list[int]
 
 
 class GateConfig(_Model):
@@ -71,7 +97,7 @@ class GateConfig(_Model):
     @classmethod
     def _one_message(cls, value: Any, handler: Any) -> Any:
         """The union would report one error per branch; one sentence is clearer."""
-        allowed = "must be 'latest', 'all' or a list of training steps such as [800, 1000]"
+        allowed = "must be 'latest', 'all', 'best' or a list of training steps such as [800, 1000]"
         if isinstance(value, list) and not value:
             raise ValueError(f"an empty list gates nothing; {allowed}")
         try:
@@ -80,13 +106,72 @@ class GateConfig(_Model):
             raise ValueError(allowed) from None
 
 
+class ReportConfig(_Model):
+    """How `report.html` shows images: embedded thumbnails keep one portable file; links keep it small."""
+
+    images: Literal["embed", "link"] = "embed"  # link: thumbnails under <run>/thumbs/, linked relatively
+    thumbnail_px: int = Field(256, ge=32, le=2048)  # longest side of a thumbnail
+
+
+class StatsConfig(_Model):
+    """Bootstrap settings for every CI the harness reports (fixed seed: reruns give the same interval)."""
+
+    confidence: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(2000, ge=100, le=1_000_000)
+    seed: int = 0
+
+
+class BaselineConfig(_Model):
+    """What candidates are compared with: another LoRA of this run, or a stored run (folder or scores.csv)."""
+
+    lora: str | None = None  # a LoRA of this run; every other LoRA is a candidate
+    run: Path | None = None  # reports/<run> folder (its scores store or scores.csv), or a wide scores CSV
+    loraname: str | None = None  # which LoRA of the stored run (default: the candidate's name, or its only one)
+    step: int | None = None  # baseline step (default: the baseline LoRA's gated checkpoint / the same step)
+    metrics: list[str] | None = None  # default: the metrics in `margins`, else every metric
+    margin: float = Field(0.0, ge=0)  # non-inferiority margin for metrics not in `margins`
+    margins: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BaselineConfig":
+        if (self.lora is None) == (self.run is None):
+            raise ValueError("set exactly one of `lora` (a LoRA of this run) or `run` (a stored run folder or scores CSV)")
+        if self.lora is not None and self.loraname is not None:
+            raise ValueError("`loraname` picks a LoRA of a stored `run`; with `lora` leave it out")
+        negative = sorted(metric for metric, margin in self.margins.items() if margin < 0)
+        if negative:
+            raise ValueError(f"margins must be >= 0 (the drop the gate tolerates); negative for: {', '.join(negative)}")
+        return self
+
+
+class SnapshotConfig(_Model):
+    """How far a gated checkpoint's metric means may move from its stored syrupy snapshot."""
+
+    tolerance: float = Field(0.02, ge=0)
+    tolerances: dict[str, float] = {}  # per-metric overrides
+    fail_on_improvement: bool = False  # by default only drops beyond the tolerance fail
+
+
+class BestConfig(_Model):
+    """The objective that picks a sweep's best checkpoint: weighted metric means, subject to minimums."""
+
+    weights: dict[str, float] = {}  # default: every metric, weight 1
+    minimums: dict[str, float] = {}
+
+
 class EvalConfig(_Model):
     run: RunConfig = RunConfig()
-    sources: list[SamplesSource] = Field(min_length=1)
+    sources: list[Source] = Field(min_length=1)
+    pipeline: PipelineConfig = PipelineConfig()  # the diffusers pipeline of generate sources
     person: PersonConfig = PersonConfig()
     judges: list[JudgeConfig] = Field(min_length=1)
     thresholds: dict[str, Threshold] = {}
     gate: GateConfig = GateConfig()
+    stats: StatsConfig = StatsConfig()
+    baseline: BaselineConfig | None = None
+    snapshot: SnapshotConfig = SnapshotConfig()
+    best: BestConfig | None = None
+    report: ReportConfig = ReportConfig()
     path: Path | None = Field(None, exclude=True)  # where it was loaded from, for messages
 
     @model_validator(mode="after")
@@ -135,9 +220,13 @@ def _resolve_paths(config: EvalConfig, base: Path) -> EvalConfig:
         update={
             "run": config.run.model_copy(update={"report_dir": resolve(config.run.report_dir)}),
             "sources": [
-                s.model_copy(update={"path": resolve(s.path), "prompts": resolve(s.prompts)}) for s in config.sources
+                s.resolved(resolve) if isinstance(s, GenerateSource)
+                else s.model_copy(update={"path": resolve(s.path), "prompts": resolve(s.prompts)})
+                for s in config.sources
             ],
+            "pipeline": config.pipeline.resolved(base),
             "person": config.person.model_copy(update={"references": [resolve(r) for r in config.person.references]}),
+            "baseline": config.baseline and config.baseline.model_copy(update={"run": resolve(config.baseline.run)}),
         }
     )
 
@@ -147,6 +236,10 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node = data
     for key in parents:
         node = node.setdefault(key, {})
+        if not isinstance(node, dict):  # e.g. `gate = "latest"` in the file and --gate on the command line
+            raise ConfigError(
+                f"cannot apply the override {dotted}: `{key}` in the config is not a table; write it as [{key}]"
+            )
     node[leaf] = value
 
 
@@ -154,10 +247,16 @@ _FIELDS_BY_SECTION = {
     "": EvalConfig.model_fields,
     "run": RunConfig.model_fields,
     "sources": SamplesSource.model_fields,
+    "pipeline": PipelineConfig.model_fields,
     "person": PersonConfig.model_fields,
     "judges": JudgeConfig.model_fields,
     "thresholds": Threshold.model_fields,
     "gate": GateConfig.model_fields,
+    "stats": StatsConfig.model_fields,
+    "baseline": BaselineConfig.model_fields,
+    "snapshot": SnapshotConfig.model_fields,
+    "best": BestConfig.model_fields,
+    "report": ReportConfig.model_fields,
 }
 
 
@@ -165,15 +264,19 @@ def _describe(exc: ValidationError, source: Path | str) -> str:
     """pydantic's errors, rewritten as `file: key: problem (got value); allowed ...` lines."""
     lines = [f"{source}: invalid config ({exc.error_count()} problem(s)):"]
     for error in exc.errors():
-        loc = ".".join(str(part) for part in error["loc"] if not str(part).startswith(("function-", "literal[")))
+        parts = [p for p in error["loc"] if not str(p).startswith(("function-", "literal[")) and p not in SOURCE_KINDS]
+        loc = ".".join(str(part) for part in parts)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             section = str(error["loc"][0]) if len(error["loc"]) > 1 else ""
-            known = [name for name in _FIELDS_BY_SECTION.get(section, {}) if section or name != "path"]
+            fields = _FIELDS_BY_SECTION.get(section, {})
+            if section == "sources" and len(error["loc"]) > 3 and error["loc"][2] in SOURCE_KINDS:
+                fields = SOURCE_KINDS[error["loc"][2]].model_fields  # the tag of the source's kind
+            known = [name for name in fields if section or name != "path"]
             close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             message = f"unknown key{hint}; allowed keys: {', '.join(known)}"
-        elif "input" in error and error["type"] != "missing":
+        elif "input" in error and error["type"] != "missing" and loc:  # top level: the whole config (secrets)
             message = f"{message} (got {error['input']!r})"
         lines.append(f"  {loc or '(top level)'}: {message}")
     return "\n".join(lines)

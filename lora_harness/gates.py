@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from lora_harness.cases import Checkpoint
-from lora_harness.config import GateSpec, Threshold
+from lora_harness.config import GateSpec, StatsConfig, Threshold
 from lora_harness.judges.base import Score
+from lora_harness.stats import mean_ci
 
 
 @dataclass(frozen=True)
@@ -24,10 +25,15 @@ class Finding:
     minimum: float | None
     level: str  # "image" or "checkpoint"
     error: str | None = None
+    statistic: str = "mean"  # what `value` is at checkpoint level: "mean" or "ci_low" (threshold `on`)
+    detail: str | None = None  # the rest of the aggregate (mean, CI, n) for the message
 
     def describe(self) -> str:
         if self.error is not None:
             return f"{self.metric}: no score ({self.error})"
+        if self.statistic == "ci_low":
+            return (f"{self.metric} CI low = {self.value:.4f} < {self.minimum:.4f} "
+                    f"(per-{self.level} minimum on the CI's lower bound; {self.detail})")
         return f"{self.metric} = {self.value:.4f} < {self.minimum:.4f} (per-{self.level} minimum)"
 
 
@@ -44,9 +50,11 @@ def image_findings(scores: Mapping[str, Score], thresholds: Mapping[str, Thresho
 
 
 def checkpoint_findings(
-    values: Mapping[str, Sequence[float]], thresholds: Mapping[str, Threshold]
+    values: Mapping[str, Sequence[float]], thresholds: Mapping[str, Threshold], stats: StatsConfig | None = None
 ) -> list[Finding]:
-    """Failures of a checkpoint's per-metric means (over the images that have a value)."""
+    """Failures of a checkpoint's per-metric aggregates (over the images that have a value): the mean, or
+    the bootstrap CI's lower bound where the threshold says `on = "ci_low"`."""
+    stats = stats or StatsConfig()
     findings = []
     for metric, threshold in thresholds.items():
         if threshold.checkpoint is None:
@@ -55,17 +63,33 @@ def checkpoint_findings(
         if not present:
             findings.append(Finding(metric, None, threshold.checkpoint, "checkpoint", "no image has a value"))
             continue
+        if threshold.on == "ci_low":
+            agg = mean_ci(present, confidence=stats.confidence, n_resamples=stats.resamples, seed=stats.seed)
+            if agg.low < threshold.checkpoint:
+                detail = f"mean {agg.mean:.4f}, {agg.confidence:.0%} CI [{agg.low:.4f}, {agg.high:.4f}], n={agg.n}"
+                findings.append(Finding(metric, agg.low, threshold.checkpoint, "checkpoint", statistic="ci_low", detail=detail))
+            continue
         mean = sum(present) / len(present)
         if mean < threshold.checkpoint:
             findings.append(Finding(metric, mean, threshold.checkpoint, "checkpoint"))
     return findings
 
 
-def gated_checkpoints(checkpoints: Iterable[Checkpoint], spec: GateSpec) -> set[Checkpoint]:
-    """`latest`: the highest step of each LoRA; `all`; or the listed steps of every LoRA."""
+def gated_checkpoints(
+    checkpoints: Iterable[Checkpoint], spec: GateSpec, best: Mapping[str, Checkpoint] | None = None
+) -> set[Checkpoint]:
+    """`latest`: the highest step of each LoRA; `all`; the listed steps of every LoRA; or `best`.
+
+    `best` depends on scores, which this function does not see: the caller resolves it first
+    (`best_checkpoint.choose_best`) and passes the chosen checkpoint per LoRA name.
+    """
     checkpoints = list(checkpoints)
     if spec == "all":
         return set(checkpoints)
+    if spec == "best":
+        if best is None:
+            raise ValueError("gate 'best' is chosen from scores: pass best={loraname: checkpoint} (see best_checkpoint)")
+        return {ckpt for ckpt in checkpoints if best.get(ckpt.loraname) == ckpt}
     if spec == "latest":
         latest: dict[str, Checkpoint] = {}
         for ckpt in checkpoints:

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+from lora_harness.baseline import BaselinePlan
+from lora_harness.best_checkpoint import BestChoice, check_best_config, choose_best
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.config import ConfigError, EvalConfig
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import error_scores, judge_many
+from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
+from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
 from lora_harness.sources.samples import IMAGE_SUFFIXES
+from lora_harness.stats import CheckpointAggregates, aggregate
 from lora_harness.store import ScoreRow, ScoreStore, latest_rows
+
+if TYPE_CHECKING:
+    from lora_harness.generation.engine import ImageGenerator
 
 
 class Harness:
@@ -31,7 +41,9 @@ class Harness:
         self.checkpoints = sorted(
             {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
         )
-        self.gated = gated_checkpoints(self.checkpoints, config.gate.checkpoints)
+        # gate "best" depends on scores: chosen per LoRA on first use (`best_choice`), not here.
+        self._gated = None if config.gate.checkpoints == "best" else gated_checkpoints(self.checkpoints, config.gate.checkpoints)
+        self._best: dict[str, BestChoice] = {}
         if isinstance(config.gate.checkpoints, list):
             steps = {c.training_step for c in self.checkpoints}
             unknown = sorted(set(config.gate.checkpoints) - steps)
@@ -41,10 +53,16 @@ class Harness:
                 )
         self.judges: list[Judge] = [create_judge(j.name, j.options) for j in config.judges]
         self._check_threshold_metrics()
+        check_best_config(config.best, self.metrics)
+        self.baseline = (
+            None if config.baseline is None
+            else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=config.stats)
+        )
         self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
         self._scores: dict[str, dict[str, Score]] = {}
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._context: JudgeContext | None = None
+        self._generator: ImageGenerator | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -61,8 +79,34 @@ class Harness:
     def cases_of(self, checkpoint: Checkpoint) -> list[EvalCase]:
         return [case for case in self.cases if Checkpoint.of(case) == checkpoint]
 
+    @property
+    def gated(self) -> set[Checkpoint]:
+        """The gated checkpoints; with gate 'best' this scores every LoRA's sweep to choose."""
+        if self._gated is None:
+            return {c for c in self.checkpoints if self.is_gated(c)}
+        return self._gated
+
     def is_gated(self, checkpoint: Checkpoint) -> bool:
-        return checkpoint in self.gated
+        if self._gated is None:
+            best = self.best_choice(checkpoint.loraname).best
+            return best is not None and best.checkpoint == checkpoint
+        return checkpoint in self._gated
+
+    def best_choice(self, loraname: str) -> BestChoice:
+        """The `[best]` choice among one LoRA's checkpoints, from their scores (judged here if needed)."""
+        if loraname not in self._best:
+            means = {c: self.aggregates(c).means() for c in self.checkpoints if c.loraname == loraname}
+            self._best[loraname] = choose_best(means, self.config.best)[loraname]
+        return self._best[loraname]
+
+    def aggregates(self, checkpoint: Checkpoint) -> CheckpointAggregates:
+        """Mean, std, n and bootstrap CI of every metric over the checkpoint's prompts and seeds."""
+        values: dict[str, list[float | None]] = defaultdict(list)
+        for case in self.cases_of(checkpoint):
+            for metric, score in self.score(case).items():
+                values[metric].append(score.value)
+        s = self.config.stats
+        return CheckpointAggregates(checkpoint, aggregate(values, confidence=s.confidence, n_resamples=s.resamples, seed=s.seed))
 
     def context(self) -> JudgeContext:
         """Reference photos, decoded once per process and only when a case is judged."""
@@ -88,6 +132,7 @@ class Harness:
         """The case's decoded image; the last few are kept so a test and its fixtures decode it once."""
         key = case.key
         if key not in self._images:
+            self._materialize(case)
             self._images[key] = load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
             while len(self._images) > 4:
                 self._images.popitem(last=False)
@@ -139,12 +184,31 @@ class Harness:
                 results = judge_many(judge, items, context)
                 if len(results) != len(items):
                     raise RuntimeError(f"returned {len(results)} results for {len(items)} images")
+            except ModelUnavailable as exc:  # a model/package absent here: missing scores, gated tests skip
+                missing = [Score(m, None, {UNAVAILABLE_KEY: str(exc)}) for m in judge.metrics]
+                results = [missing] * len(items)
             except Exception as exc:  # a judge bug or outage must not lose other judges' scores
                 results = [error_scores(judge, f"failed: {type(exc).__name__}: {exc}")] * len(items)
             self._record(judge, [(case, scores) for (case, _), scores in zip(items, results)])
 
     def _decode(self, case: EvalCase) -> np.ndarray:
+        self._materialize(case)
         return load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
+
+    def generator(self) -> "ImageGenerator":
+        """This process's image generator (pipeline + LoRA state), created on first use: sample-folder runs and
+        fully cached reruns never import torch or diffusers."""
+        if self._generator is None:
+            from lora_harness.generation.engine import ImageGenerator
+
+            self._generator = ImageGenerator(self.config.pipeline, images_dir=self.config.run_dir / IMAGES_DIRNAME, worker=self.worker)
+        return self._generator
+
+    def _materialize(self, case: EvalCase) -> None:
+        """A generated case's image is made (or taken from the cache) before it is read; its whole checkpoint
+        at once, so a worker applies each LoRA once. Failures raise ImageError (CaseGenerationError)."""
+        if isinstance(case, GeneratedCase):
+            self.generator().materialize(case, self.cases_of(Checkpoint.of(case)))
 
     def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
         """fsync one judge's scores for a batch before the next judge runs."""
@@ -169,5 +233,19 @@ class Harness:
         for case in self.cases_of(checkpoint):
             for metric, score in self.score(case).items():
                 values[metric].append(score.value)
-        return checkpoint_findings(values, self.config.thresholds), dict(values)
+        findings = checkpoint_findings(values, self.config.thresholds, self.config.stats)
+        unavailable = self._unavailable_metrics(self.cases_of(checkpoint))
+        return [f for f in findings if f.metric not in unavailable], dict(values)
+
+    def unavailable(self, cases: list[EvalCase]) -> list[str]:
+        """Why metrics of these cases are missing because a judge's model or package is absent here."""
+        return sorted(set(self._unavailable_metrics(cases).values()))
+
+    def _unavailable_metrics(self, cases: list[EvalCase]) -> dict[str, str]:
+        return {
+            metric: str(score.raw[UNAVAILABLE_KEY])
+            for case in cases
+            for metric, score in self.score(case).items()
+            if score.value is None and score.error is None and UNAVAILABLE_KEY in score.raw
+        }
 

@@ -50,7 +50,8 @@ def load_rgb(path: Path, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarra
 def _to_rgb(img: Image.Image) -> np.ndarray:
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         array = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if array.max(initial=0) > 255 else 255.0
+        # I;16 is 16-bit by definition (a dark one must stay dark); bare "I" may hold 8-bit values.
+        peak = 65535.0 if img.mode.startswith("I;16") or array.max(initial=0) > 255 else 255.0
         grey = np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if img.mode == "F":

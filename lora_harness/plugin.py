@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
+from lora_harness.baseline import BaselineError, Comparison
+from lora_harness.best_checkpoint import choose_best, means_from_rows
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.gate_check import Gate
@@ -22,13 +25,22 @@ from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.samples import SampleFolderError
+from lora_harness.stats import CheckpointAggregates
+from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
+from lora_harness.progress import PhaseProgress
 from lora_harness.prompts import PromptFileError
+from lora_harness.report.manifest import now_iso
+from lora_harness import sharding
+from lora_harness.report.allure import allure_enabled
+from lora_harness.sharding import Shard, ShardError
 from lora_harness.store import latest_rows, read_rows
 from lora_harness.summary import format_table, summarize
 
 RUN_DIR_KEY = "lora_harness_run_dir"
 RUN_ID_KEY = "lora_harness_run_id"
+LOADGROUP_KEY = "lora_harness_loadgroup"
 USER_ERRORS = (ConfigError, SampleFolderError, PromptFileError, ValueError)
+PROGRESS_KEY = "lora_harness_progress"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -36,19 +48,32 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--lora-config", metavar="PATH", help="eval config TOML (default: ini lora_config, evals/lora_eval.toml)")
     group.addoption("--report-dir", metavar="DIR", help="override run.report_dir: where reports/<run>/ is written")
     group.addoption("--run-name", metavar="NAME", help="override run.name")
-    group.addoption("--gate", metavar="SPEC", help="override gate.checkpoints: latest, all, or steps such as 800,1000")
+    group.addoption("--gate", metavar="SPEC", help="override gate.checkpoints: latest, all, best, or steps such as 800,1000")
     group.addoption(
         "--samples", metavar="DIR", action="append", default=None,
         help="evaluate this kohya sample folder instead of the config's sources (repeatable)",
     )
+    group.addoption(
+        "--shard", metavar="I/N",
+        help="evaluate only shard I of N (split by checkpoint, the same on every machine); merge the run folders "
+        "afterwards with `lora-harness merge`",
+    )
+    group.addoption(
+        "--lora-progress", metavar="SECONDS", default="10",
+        help="a judging progress line (checkpoints done, ETA) at most every SECONDS; 0: every checkpoint; off: none",
+    )
     parser.addini("lora_config", "default eval config path, relative to the rootdir", default="evals/lora_eval.toml")
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    """Keep each checkpoint's images and its aggregate test on one xdist worker, in collection order."""
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Any:
+    """Keep each checkpoint's images and its aggregate test on one xdist worker, in collection order.
+
+    A wrapper, so this runs before xdist's own tryfirst hook turns `-n N` into `--dist load`.
+    """
     if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
         config.option.dist = "loadgroup"
+    return (yield)
 
 
 @dataclass
@@ -58,6 +83,8 @@ class PluginState:
     worker: str
     worker_count: int = 1
     run_dirs: set[Path] = field(default_factory=set)
+    started_at: str = field(default_factory=now_iso)
+    progress: PhaseProgress | None = None
     _harness: Harness | None = None
     _config: EvalConfig | None = None
 
@@ -82,12 +109,27 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         run_id, worker = workerinput[RUN_ID_KEY], workerinput["workerid"]
+        # xdist re-parses the command line on workers, so the controller's `--dist` change above is lost
+        # there; without this the workers would not tag items with their xdist_group.
+        if workerinput.get(LOADGROUP_KEY):
+            config.option.loadgroup = True
     else:
         run_id, worker = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}", "main"
     worker_count = int(workerinput.get("workercount", 1)) if workerinput is not None else 1
     config.stash[_STATE] = PluginState(config, run_id, worker, worker_count)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config.stash[_STATE]), "lora_harness_xdist")
+    _check_progress_option(config)
+    config.pluginmanager.register(_ShardAndProgress(config), "lora_harness_shard_progress")
+
+
+def _check_progress_option(config: pytest.Config) -> None:
+    value = str(config.getoption("lora_progress", "10"))
+    try:
+        if value.lower() != "off" and float(value) < 0:
+            raise ValueError
+    except ValueError:
+        raise pytest.UsageError(f"--lora-progress {value!r}: give seconds between lines (e.g. 10, 0 for every checkpoint) or off") from None
 
 
 class _XdistHooks:
@@ -98,6 +140,7 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[RUN_ID_KEY] = self.state.run_id
+        node.workerinput[LOADGROUP_KEY] = self.state.pytest_config.option.dist == "loadgroup"
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         run_dir = getattr(node, "workeroutput", {}).get(RUN_DIR_KEY)
@@ -118,7 +161,7 @@ def _overrides(config: pytest.Config) -> dict[str, Any]:
         overrides["run.name"] = config.getoption("run_name")
     gate = config.getoption("gate")
     if gate:
-        overrides["gate.checkpoints"] = gate if gate in ("latest", "all") else _steps(gate)
+        overrides["gate.checkpoints"] = gate if gate in ("latest", "all", "best") else _steps(gate)
     if config.getoption("samples"):
         overrides["sources"] = [{"path": str(Path(p).resolve())} for p in config.getoption("samples")]
     return overrides
@@ -139,29 +182,128 @@ def _harness_or_fail(config: pytest.Config) -> Harness:
     try:
         return _state(config).harness()
     except USER_ERRORS as exc:
-        pytest.fail(f"lora-harness: {exc}", pytrace=False)
+        message = f"lora-harness: {exc}"
+    pytest.fail(message, pytrace=False)  # outside `except`: no chained traceback for a config mistake
+
+
+_PARAMETRIZED = ("lora_case", "lora_checkpoint", "lora_checkpoint_summary", "lora_baseline_comparison")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
-    if "lora_case" not in names and "lora_checkpoint" not in names:
+    if not any(name in names for name in _PARAMETRIZED):
         return
     harness = _harness_or_fail(metafunc.config)
     if "lora_case" in names:
         metafunc.parametrize("lora_case", harness.cases, ids=[case.test_id for case in harness.cases])
     if "lora_checkpoint" in names:
         metafunc.parametrize("lora_checkpoint", harness.checkpoints, ids=[c.test_id for c in harness.checkpoints])
+    if "lora_checkpoint_summary" in names:
+        gated = gate_targets(harness)
+        metafunc.parametrize("lora_checkpoint_summary", gated, ids=[t.test_id for t in gated], indirect=True)
+    if "lora_baseline_comparison" in names:
+        comparisons = comparison_targets(harness)  # none configured: one case that skips, saying why
+        ids = [t.test_id for t in comparisons] or ["no-baseline"]
+        metafunc.parametrize("lora_baseline_comparison", comparisons or [None], ids=ids, indirect=True)
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """One xdist group per set of checkpoints a test needs together (see lora_harness.targets)."""
+    groups: dict[Checkpoint, str] | None = None
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
-        target = params.get("lora_case") or params.get("lora_checkpoint")
+        target = next((params[name] for name in _PARAMETRIZED if params.get(name) is not None), None)
         if isinstance(target, EvalCase):
             target = Checkpoint.of(target)
-        if isinstance(target, Checkpoint):
-            item.add_marker(pytest.mark.xdist_group(target.key))
+        if target is None:
+            continue
+        harness = _state(config).harness()
+        groups = groups if groups is not None else xdist_groups(harness)
+        group = group_of(target, groups, harness.checkpoints)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+class _ShardAndProgress:
+    """`--shard` selection and the controller's judging progress line (registered in pytest_configure)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """After -k/-m: keep this machine's shard, and tag image tests for the progress line."""
+        if config.getoption("shard"):
+            try:
+                shard = Shard.parse(config.getoption("shard"))
+            except ShardError as exc:
+                raise pytest.UsageError(str(exc)) from None
+            items[:], deselected = sharding.split(items, shard, _shard_key)
+            if deselected:
+                config.hook.pytest_deselected(items=deselected)
+        cases = [(item, _param(item, "lora_case")) for item in items if isinstance(_param(item, "lora_case"), EvalCase)]
+        sizes: dict[str, int] = {}
+        for _, case in cases:
+            sizes[case.checkpoint_key] = sizes.get(case.checkpoint_key, 0) + 1
+        for item, case in cases:
+            item.user_properties.append((PROGRESS_KEY, {
+                "checkpoint": case.checkpoint_key, "size": sizes[case.checkpoint_key],
+                "checkpoints": len(sizes), "images": len(cases),
+            }))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """Controller side (xdist forwards the workers' reports): a line per finished checkpoint, throttled."""
+        if hasattr(self.config, "workerinput") or str(self.config.getoption("lora_progress")).lower() == "off":
+            return
+        if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
+            return
+        info = dict(report.user_properties).get(PROGRESS_KEY)
+        if not isinstance(info, dict):
+            return
+        state = _state(self.config)
+        if state.progress is None:
+            interval = float(self.config.getoption("lora_progress"))
+            state.progress = PhaseProgress("judging", info["checkpoints"], info["images"], interval=interval)
+        line = state.progress.item_done(info["checkpoint"], info["size"])
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if line and reporter is not None:
+            reporter.write_line(line)
+
+
+def _param(item: pytest.Item, name: str) -> Any:
+    return getattr(getattr(item, "callspec", None), "params", {}).get(name)
+
+
+def _shard_key(item: pytest.Item) -> str | None:
+    """The xdist group (checkpoints that must be judged together), so a shard never splits one."""
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.args[0]) if marker and marker.args else None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """With `--alluredir`: attach the case's image, scores and justifications, and label it."""
+    try:
+        return (yield)
+    finally:
+        if allure_enabled(item.config):
+            _attach_allure(item)
+
+
+def _attach_allure(item: pytest.Item) -> None:
+    from lora_harness.report import allure as lora_allure
+
+    state = _state(item.config)
+    try:
+        case, checkpoint = _param(item, "lora_case"), _param(item, "lora_checkpoint")
+        if isinstance(case, EvalCase):
+            wants_scores = {"lora_scores", "lora_gate"} & set(getattr(item, "fixturenames", ()))
+            lora_allure.attach_case(case, state.harness().score(case) if wants_scores else None)
+        elif isinstance(checkpoint, Checkpoint):
+            lora_allure.attach_checkpoint(checkpoint, state.harness().checkpoint_findings(checkpoint)[1])
+    except Exception as exc:  # an attachment problem must never change a test's outcome
+        warnings.warn(f"lora-harness: could not attach allure results for {item.nodeid}: {exc}", stacklevel=1)
 
 
 # --- fixtures ---------------------------------------------------------------------------------------------
@@ -217,6 +359,57 @@ def lora_gate(lora_harness: Harness) -> Gate:
     return Gate(lora_harness)
 
 
+@pytest.fixture
+def lora_checkpoint_summary(request: pytest.FixtureRequest, lora_harness: Harness) -> CheckpointAggregates:
+    """Mean, std, n and bootstrap CI per metric of a gated checkpoint (gate 'best': the chosen one)."""
+    return lora_harness.aggregates(resolve(lora_harness, request.param))
+
+
+@pytest.fixture
+def lora_baseline_comparison(request: pytest.FixtureRequest, lora_harness: Harness) -> Comparison:
+    """A gated checkpoint vs the `[baseline]` on one metric, paired by prompt and seed; `.check()` asserts."""
+    if request.param is None or lora_harness.baseline is None:
+        pytest.skip("no baseline configured: add [baseline] with `lora = \"<LoRA of this run>\"` or `run = \"<run folder or scores.csv>\"` to the eval config")
+    target: MetricTarget = request.param
+    try:
+        return lora_harness.baseline.compare(lora_harness, resolve(lora_harness, target.target), target.metric)
+    except BaselineError as exc:
+        message = f"lora-harness baseline: {exc}"
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def snapshot_lora(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """syrupy's `snapshot` with score tolerances: `assert snapshot_lora == lora_checkpoint_summary`."""
+    try:
+        from lora_harness.snapshots import extension_for
+    except ImportError:
+        pytest.fail("snapshot_lora needs syrupy: pip install 'lora-harness[report]'", pytrace=False)
+    return request.getfixturevalue("snapshot").use_extension(extension_for(lora_harness.config.snapshot))
+
+
+@pytest.fixture(scope="session")
+def flux_pipeline(lora_harness: Harness) -> Any:
+    """The worker's diffusers pipeline from `[pipeline]` (FLUX.1-dev by default), built once per xdist worker on
+    its own device (gwN -> cuda:N); the same instance that generate sources use."""
+    from lora_harness.generation.errors import GenerationError
+
+    try:
+        return lora_harness.generator().pipeline()
+    except GenerationError as exc:
+        message = f"lora-harness pipeline: {exc}"
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture
+def lora(lora_harness: Harness, flux_pipeline: Any) -> Any:
+    """LoRA switching on `flux_pipeline`: `lora.use(path, scale=0.8)`, `lora.use(None)` for the base model;
+    adapters the test left are removed afterwards. Files are validated against the model before loading."""
+    manager = lora_harness.generator().loras
+    yield manager
+    manager.clear()
+
+
 # --- end of session: CSV and summary ------------------------------------------------------------------------
 
 
@@ -232,9 +425,32 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             write_score_csvs(latest_rows(read_rows(run_dir)), run_dir)
         except OSError as exc:  # the scores themselves are already safe in scores/*.jsonl
             config.stash.setdefault(_REPORT_ERRORS, []).append(f"{run_dir}: could not write CSV: {exc}")
+        _write_run_report(config, run_dir, int(session.exitstatus))
 
 
 _REPORT_ERRORS = pytest.StashKey[list]()
+_REPORT_PATHS = pytest.StashKey[dict]()
+
+
+def _write_run_report(config: pytest.Config, run_dir: Path, exit_status: int) -> None:
+    """run.json and report.html; a failure is reported, never raised (the scores are safe already)."""
+    state = _state(config)
+    try:
+        from lora_harness.report.build import finish_session
+
+        files = finish_session(
+            run_dir, state.eval_config(), run_id=state.run_id, started_at=state.started_at,
+            shard=config.getoption("shard"), exit_status=exit_status,
+        )
+    except ImportError as exc:
+        message = f"report.html skipped: {exc.name or exc} is not installed; pip install 'lora-harness[report]'"
+    except Exception as exc:  # a report bug must not hide the test results
+        message = f"could not write report.html ({type(exc).__name__}: {exc}); rebuild it: lora-harness report {run_dir}"
+    else:
+        if files is not None:
+            config.stash.setdefault(_REPORT_PATHS, {})[run_dir] = files.html
+        return
+    config.stash.setdefault(_REPORT_ERRORS, []).append(f"{run_dir}: {message}")
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
@@ -247,8 +463,15 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         rows = list(read_rows(run_dir, run_id=state.run_id))
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")
         checkpoints = {Checkpoint(r.loraname, r.training_step, r.step_kind) for r in rows}  # type: ignore[arg-type]
-        gated = {(c.loraname, step_label(c.training_step, c.step_kind)) for c in gated_checkpoints(checkpoints, eval_config.gate.checkpoints)}
+        spec = eval_config.gate.checkpoints
+        choices = choose_best(means_from_rows(latest_rows(rows)), eval_config.best) if spec == "best" or eval_config.best else {}
+        best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}
+        gated = {(c.loraname, step_label(c.training_step, c.step_kind)) for c in gated_checkpoints(checkpoints, spec, best=best)}
         tr.write_line(format_table(summarize(latest_rows(rows), eval_config.thresholds), gated))
+        for choice in choices.values():
+            tr.write_line(choice.describe())
         tr.write_line(f"scores: {run_dir / 'scores.csv'} (wide), {run_dir / 'scores_long.csv'} (one row per score)")
+        if run_dir in config.stash.get(_REPORT_PATHS, {}):
+            tr.write_line(f"report: {config.stash[_REPORT_PATHS][run_dir]}")
     for error in config.stash.get(_REPORT_ERRORS, []):
         tr.write_line(f"lora-harness: {error}", red=True)

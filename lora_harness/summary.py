@@ -20,7 +20,7 @@ class MetricSummary:
     mean: float | None
     n: int
     failures: int  # images under the per-image minimum
-    errors: int  # images the judge could not score
+    errors: int  # images the judge could not score (error set); value None without error is "missing"
     checkpoint_ok: bool | None  # mean vs the per-checkpoint minimum; None when no such threshold
 
 
@@ -44,7 +44,7 @@ def summarize(rows: Iterable[ScoreRow], thresholds: Mapping[str, Threshold]) -> 
                 mean=mean,
                 n=len(values),
                 failures=sum(1 for v in values if threshold.image is not None and v < threshold.image),
-                errors=sum(1 for r in group if r.value is None),
+                errors=sum(1 for r in group if r.error is not None),
                 checkpoint_ok=None if threshold.checkpoint is None or mean is None else mean >= threshold.checkpoint,
             )
         )
@@ -59,15 +59,14 @@ def format_table(summaries: list[MetricSummary], gated: set[tuple[str, str]] = f
     cell = {(s.loraname, s.step, s.metric): s for s in summaries}
     checkpoints = sorted({(s.loraname, s.step) for s in summaries})
     name_width = max(len("checkpoint"), *(len(f"{name} {step}") + 2 for name, step in checkpoints))
-    width = max(18, *(len(m) for m in metrics))
-    lines = ["checkpoint".ljust(name_width) + "".join(m.rjust(width + 2) for m in metrics)]
+    rows: list[tuple[str, list[str]]] = []
     for name, step in checkpoints:
         label = f"{'*' if (name, step) in gated else ' '} {name} {step}"
-        cells = []
+        cells: list[str] = []
         for metric in metrics:
             s = cell.get((name, step, metric))
             if s is None or s.mean is None:
-                text = "-" if s is None else f"error x{s.errors}"
+                text = "-" if s is None else (f"error x{s.errors}" if s.errors else "missing")
             else:
                 text = f"{s.mean:.3f} n={s.n}"
                 if s.failures:
@@ -76,7 +75,12 @@ def format_table(summaries: list[MetricSummary], gated: set[tuple[str, str]] = f
                     text += f" err={s.errors}"
                 if s.checkpoint_ok is False:
                     text = "!" + text
-            cells.append(text.rjust(width + 2))
-        lines.append(label.ljust(name_width) + "".join(cells))
+            cells.append(text)
+        rows.append((label, cells))
+    # wide enough for the longest cell too, so `fail=`/`err=` never run into the next column
+    width = max(18, *(len(m) for m in metrics), *(len(text) for _, cells in rows for text in cells))
+    lines = ["checkpoint".ljust(name_width) + "".join(m.rjust(width + 2) for m in metrics)]
+    for label, cells in rows:
+        lines.append(label.ljust(name_width) + "".join(text.rjust(width + 2) for text in cells))
     lines.append("* gated checkpoint   ! mean below the per-checkpoint minimum   fail = images below the per-image minimum")
     return "\n".join(lines)

@@ -85,8 +85,11 @@ JudgeFactory = Callable[..., Judge]
 _REGISTRY: dict[str, JudgeFactory] = {}
 
 
-class UnknownJudgeError(KeyError):
-    pass
+class UnknownJudgeError(KeyError, ValueError):
+    """A registry miss, and a config mistake: ValueError lets the CLI and plugin report it as one."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else super().__str__()
 
 
 def register(name: str) -> Callable[[JudgeFactory], JudgeFactory]:

@@ -11,7 +11,8 @@ Two metrics, each in [0, 1] where 1 means "clean" (every intermediate number is 
   ``hf_score = smooth(hf_ratio, hf_half)``, with ``hf_ratio`` the power above ``hf_cutoff`` cycles/px over
   all AC power (photos 0.01-0.08, white noise 0.8); and ``peak_score = smooth(peak_energy, peak_half)``,
   with ``peak_energy`` the power in isolated spectral peaks over all power above ``peak_min_freq``
-  (photos 0, a +-20 grey-level grid or checkerboard 0.05-0.3). See `spectral_stats` for what a peak is.
+  (photos 0, a +-20 grey-level grid or checkerboard 0.03-0.3, half bad at 0.01); `spectral_stats` says
+  what counts as a peak.
   The spectral slope (log power vs log frequency) is reported in ``raw`` only: it depends too much on
   content (bokeh, studio backgrounds) to be a pass/fail signal on its own.
 * ``magnitude_score = min(clip_score, saturation_score, region_score)``: `smooth` of the clipped-pixel
@@ -89,18 +90,20 @@ def spectral_stats(
 
     A bin counts as a periodic peak when it stands more than `peak_db` above the median of its frequency
     ring (natural spectra are smooth in radius, so the ring median is the expected power there) AND more
-    than `isolation_db` above its neighbours 3..6 bins further in and further out along the same direction.
+    than `isolation_db` above its neighbours 3..6 bins further in and further out along the same direction
+    (see `_radial_neighbour_level`; bins within 7 bins of DC have no inward side and are never peaks).
     The second test rejects the radial lines that straight edges (horizons, poles, walls) put through the
     spectrum: a line is as bright just inside as at the bin itself, a grid harmonic is not.
 
     Returns plain floats/ints:
       ``hf_ratio``: power at radius >= `hf_cutoff` over all AC power. Noise and pixel-level patterns raise it.
-      ``peak_energy``: power of the peak bins above their ring median, over all power at radius >=
-      ``peak_min_freq`` (the option, raised to 8 frequency steps for small images; reported in the output)
-      (about the share of the image's detail variance that the periodic pattern carries).
+      ``peak_energy``: power of the peaks (their 3x3 main lobes) above the ring median, over all power
+      above `peak_min_freq`: the share of the image's detail energy that the periodic pattern carries.
       ``peak_max_db``: how far (dB) the strongest judged bin stands above its ring median
       (~12-15 dB for clean photos just from the statistics of a periodogram).
       ``n_peak_bins`` / ``n_peaks``: peak bins, and connected groups of them (one per harmonic, roughly).
+      ``peak_freq``: radius (cycles/px) of the strongest peak bin, None without peaks; 1 / peak_freq is
+      the pattern's period in (downscaled) pixels along its direction.
       ``slope``: least-squares slope of log10 ring-mean power vs log10 frequency over
       [`peak_min_freq`, 0.45] (about -2 to -3 for photos, 0 for white noise, steeper when blurred);
       None when undefined.
@@ -115,7 +118,7 @@ def spectral_stats(
         "peak_max_db": 0.0,
         "n_peak_bins": 0,
         "n_peaks": 0,
-        "peak_min_freq": float(peak_min_freq),
+        "peak_freq": None,
         "slope": None,
     }
     if h < 4 or w < 4 or float(grey.std()) < 1e-3:
@@ -124,13 +127,20 @@ def spectral_stats(
     window = np.outer(np.hanning(h), np.hanning(w))
     centred = (grey - np.average(grey, weights=window + 1e-12)) * window
     power = np.abs(sfft.rfft2(centred)) ** 2  # half plane suffices: a real image's spectrum is symmetric
+    # Energy sums need Parseval's weights: an interior column of the half plane also stands for its mirror
+    # column, the DC column (and the Nyquist column, for even widths) only for itself.
+    mirrored = np.full(power.shape[1], 2.0)
+    mirrored[0] = 1.0
+    if w % 2 == 0:
+        mirrored[-1] = 1.0
+    energy = power * mirrored
     fy = sfft.fftfreq(h)[:, None]
     fx = sfft.rfftfreq(w)[None, :]
     radius = np.sqrt(fx**2 + fy**2)
-    total = float(power[radius > 0].sum())
+    total = float(energy[radius > 0].sum())
     if total <= 0.0:
         return out
-    out["hf_ratio"] = float(power[radius >= hf_cutoff].sum() / total)
+    out["hf_ratio"] = float(energy[radius >= hf_cutoff].sum() / total)
 
     log_p = np.log10(power + 1e-12 * total / power.size)
     step = 1.0 / min(h, w)  # one frequency bin of the shorter side
@@ -145,25 +155,26 @@ def spectral_stats(
     if fit.sum() >= 3:
         out["slope"] = float(np.polyfit(np.log10(ring_freq[fit]), np.log10(ring_mean[fit]), 1)[0])
 
-    # The isolation test needs bins 3..6 steps further in, so peaks closer than 8 steps to DC are not
-    # judged: fewer than ~8 periods across the shorter side cannot be told apart from scene content.
-    min_freq = max(peak_min_freq, 8 * step)
-    out["peak_min_freq"] = float(min_freq)
-    considered = radius >= min_freq
+    considered = radius >= peak_min_freq
     if not considered.any():
         return out
     excess_db = 10.0 * (log_p - background)
     out["peak_max_db"] = float(max(0.0, excess_db[considered].max()))
     candidates = considered & (excess_db > peak_db)
     if candidates.any():
-        neighbours = _radial_neighbour_level(log_p, (h, w), radius, step, candidates)
+        neighbours = _radial_neighbour_level(log_p, h, candidates)
         peaks = candidates.copy()
         peaks[candidates] = 10.0 * (log_p[candidates] - neighbours) > isolation_db
         if peaks.any():
-            excess = power[peaks] - 10.0 ** background[peaks]
-            out["peak_energy"] = float(excess.sum() / power[considered].sum())
+            # A peak's energy is its whole Hann main lobe (3x3 bins): the lobe's sides can sit below
+            # `peak_db` when the centre is only just above it. Rows wrap (fftfreq order), columns do not.
+            lobe = ndimage.maximum_filter1d(peaks, 3, axis=0, mode="wrap")
+            lobe = ndimage.maximum_filter1d(lobe, 3, axis=1, mode="constant") & considered
+            excess = np.maximum(power - 10.0**background, 0.0) * mirrored
+            out["peak_energy"] = float(excess[lobe].sum() / energy[considered].sum())
             out["n_peak_bins"] = int(peaks.sum())
             out["n_peaks"] = int(ndimage.label(peaks, structure=np.ones((3, 3), dtype=bool))[1])
+            out["peak_freq"] = float(radius[peaks][np.argmax(power[peaks])])
     return out
 
 
@@ -187,40 +198,35 @@ def _rings(radius: np.ndarray, step: float, min_bins: int = 24) -> np.ndarray:
     return merged[fine]
 
 
-def _radial_neighbour_level(
-    log_p: np.ndarray,
-    shape: tuple[int, int],
-    radius: np.ndarray,
-    step: float,
-    mask: np.ndarray,
-) -> np.ndarray:
-    """For the bins in `mask`: max over the inward and outward side of the median log power of the bins
-    3..6 steps away along the same direction (past the Hann main lobe, which is 2 bins wide each side).
+def _radial_neighbour_level(log_p: np.ndarray, height: int, mask: np.ndarray) -> np.ndarray:
+    """For the bins in `mask`: the brighter of two levels, the median log power of the bins 3..6 indices
+    further in, and of those 3..6 further out, along the bin's own direction from DC.
 
-    The outward side may fall off the spectrum (a peak at Nyquist); then the inward side alone decides,
-    which is the side that matters for rejecting lines (their power falls with radius). Callers keep
-    bins at least 8 steps from DC so that the inward side always exists.
+    Offsets count along the dominant axis (Chebyshev distance), so the samples clear the Hann main lobe
+    (2 bins each side per axis) in every direction. The outward side may fall off the spectrum (a peak at
+    Nyquist); then the inward side alone decides, which is the side that rejects lines (their power falls
+    with radius). Bins closer than 7 bins to DC have no inward side and get +inf: never a peak (fewer
+    than ~7 periods across the image cannot be told apart from scene content anyway).
     """
-    h, w = shape
     w_half = log_p.shape[1]
     ys, xs = np.nonzero(mask)
-    k_y = np.where(ys <= h // 2, ys, ys - h).astype(np.float64)  # signed bin index (fftfreq order)
+    k_y = np.where(ys <= height // 2, ys, ys - height).astype(np.float64)  # signed index (fftfreq order)
     k_x = xs.astype(np.float64)
-    r = radius[ys, xs]
+    reach = np.maximum(np.abs(k_y), k_x)
     sides = []
     for sign in (-1.0, 1.0):  # inward, outward
         samples = []
         valid = np.ones(len(ys), dtype=bool)
         for offset in (3, 4, 5, 6):
-            scale = 1.0 + sign * offset * step / r
+            scale = 1.0 + sign * offset / reach
             ky = np.rint(k_y * scale).astype(np.int64)
             kx = np.rint(k_x * scale).astype(np.int64)
-            ok = (scale > 0) & (np.abs(ky) <= h // 2) & (kx >= 0) & (kx < w_half)
+            ok = reach >= 7 if sign < 0 else (np.abs(ky) <= height // 2) & (kx < w_half)
             valid &= ok
-            samples.append(np.where(ok, log_p[np.where(ok, ky, 0) % h, np.where(ok, kx, 0)], -np.inf))
-        side = np.median(np.stack(samples), axis=0)
-        sides.append(np.where(valid, side, -np.inf))
-    return np.maximum(sides[0], sides[1])
+            samples.append(np.where(ok, log_p[np.where(ok, ky, 0) % height, np.where(ok, kx, 0)], -np.inf))
+        sides.append(np.where(valid, np.median(np.stack(samples), axis=0), -np.inf))
+    inward, outward = sides
+    return np.where(np.isfinite(inward), np.maximum(inward, outward), np.inf)
 
 
 def _grouped_median(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -293,11 +299,11 @@ class ImageStatsJudge:
         *,
         max_side: int = 512,
         hf_cutoff: float = 0.25,
-        hf_half: float = 0.2,
+        hf_half: float = 0.25,
         peak_db: float = 20.0,
         isolation_db: float = 10.0,
         peak_min_freq: float = 0.02,
-        peak_half: float = 0.005,
+        peak_half: float = 0.01,
         low: int = 2,
         high: int = 253,
         saturation: float = 0.95,
@@ -398,7 +404,9 @@ def _check_number(
     if not ok:
         left = ("(" if open_low else "[") + ("-inf" if lo is None else f"{lo:g}")
         right = ("inf" if hi is None else f"{hi:g}") + (")" if open_high or hi is None else "]")
-        raise ValueError(f"image_stats option {key!r} = {value!r} is invalid: expected a number in {left}, {right}")
+        raise ValueError(
+            f"image_stats option {key!r} = {value!r} is invalid: expected a number in {left}, {right}"
+        )
 
 
 def _check_int(key: str, value: Any, lo: int, hi: int | None) -> None:

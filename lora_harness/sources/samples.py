@@ -71,15 +71,14 @@ def collect_sample_cases(
         raise SampleFolderError(f"sample folder not found: {folder}; check `path` of the source in the config")
     if not folder.is_dir():
         raise SampleFolderError(f"sample source is not a folder: {folder}")
-    prompts_path = prompts_file or _find_prompt_file(folder)
-    prompts = {prompt.prompt_id: prompt for prompt in read_prompt_file(prompts_path)}
-
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
+    if not files:  # checked before the prompt file: a wrong folder usually has neither
         raise SampleFolderError(
             f"no sample images (*{', *'.join(IMAGE_SUFFIXES)}) in {folder}; "
             "kohya writes them to <output_dir>/sample/ when --sample_every_n_steps is set"
         )
+    prompts_path = prompts_file or _find_prompt_file(folder)
+    prompts = {prompt.prompt_id: prompt for prompt in read_prompt_file(prompts_path)}
     cases: dict[str, EvalCase] = {}
     unmatched: list[str] = []
     duplicates: list[tuple[Path, Path]] = []

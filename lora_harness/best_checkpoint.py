@@ -1,0 +1,160 @@
+"""Which checkpoint of a training sweep to ship: the highest weighted objective among those meeting minimums.
+
+"Latest" is a convention, not a judgement: identity often peaks mid-sweep while artifacts grow with more
+steps. The objective is `sum(weight[m] * mean[m])` over a checkpoint's metric means; checkpoints whose mean
+of some metric is below its minimum are excluded (the reason is reported). If every checkpoint is excluded,
+the highest objective is still named, marked as a fallback, so a gate on it fails on its thresholds rather
+than gating nothing. Ties go to the later step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence
+
+from lora_harness.cases import Checkpoint
+from lora_harness.config import BestConfig, ConfigError
+from lora_harness.report.csv import step_label
+from lora_harness.store import ScoreRow
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One checkpoint's standing: its metric means, objective, and why it is excluded (if it is)."""
+
+    checkpoint: Checkpoint
+    means: Mapping[str, float | None]
+    objective: float | None  # None when a weighted metric has no value
+    violations: tuple[str, ...] = ()
+
+    @property
+    def eligible(self) -> bool:
+        return self.objective is not None and not self.violations
+
+    @property
+    def label(self) -> str:
+        return f"{'epoch' if self.checkpoint.step_kind == 'epoch' else 'step'} {step_label(self.checkpoint.training_step, self.checkpoint.step_kind)}"
+
+
+@dataclass(frozen=True)
+class BestChoice:
+    """The choice for one LoRA: ranked eligible checkpoints, the excluded ones, and whether it fell back."""
+
+    loraname: str
+    weights: Mapping[str, float]
+    ranked: tuple[Candidate, ...]  # best first; eligible ones, or (fallback) all with an objective
+    excluded: tuple[Candidate, ...] = ()
+    fallback: bool = False  # no checkpoint met every minimum
+    minimums: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> Candidate | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def runner_up(self) -> Candidate | None:
+        return self.ranked[1] if len(self.ranked) > 1 else None
+
+    def describe(self) -> str:
+        """The choice, the runner-up and the exclusions, each with its reason, one line each."""
+        best = self.best
+        if best is None:
+            return f"best checkpoint of {self.loraname}: none (no checkpoint has a value for every weighted metric)"
+        lines = [f"best checkpoint of {self.loraname}: {best.label}, objective {best.objective:.4f} ({self._terms(best)})"]
+        if self.fallback:
+            lines.append("  warning: no checkpoint meets every minimum; this is the highest objective regardless")
+        runner = self.runner_up
+        if runner is not None:
+            lines.append(f"  runner-up: {runner.label}, objective {runner.objective:.4f} ({self._gap(best, runner)})")
+        else:
+            lines.append("  runner-up: none (no other checkpoint qualifies)")
+        if self.excluded:
+            reasons = "; ".join(f"{c.label} ({', '.join(c.violations)})" for c in self.excluded)
+            lines.append(f"  excluded: {reasons}")
+        return "\n".join(lines)
+
+    def _terms(self, candidate: Candidate) -> str:
+        return " + ".join(f"{w:g} x {m} {candidate.means.get(m):.4f}" for m, w in self.weights.items())
+
+    def _gap(self, best: Candidate, runner: Candidate) -> str:
+        """Where the runner-up loses most: the metrics with the largest weighted shortfall."""
+        gaps = sorted(
+            ((w * ((best.means.get(m) or 0.0) - (runner.means.get(m) or 0.0)), m) for m, w in self.weights.items()),
+            reverse=True,
+        )
+        behind = [f"{m} {runner.means.get(m):.4f} vs {best.means.get(m):.4f}" for gap, m in gaps[:2] if gap > 0]
+        lower = best.objective - runner.objective
+        return f"{lower:.4f} lower" + (f": {', '.join(behind)}" if behind else ": tie, the later step wins")
+
+
+def check_best_config(config: BestConfig | None, metrics: Sequence[str]) -> None:
+    """Weights and minimums must name metrics the judges produce; at least one weight must be non-zero."""
+    if config is None:
+        return
+    for key, names in (("best.weights", config.weights), ("best.minimums", config.minimums)):
+        unknown = sorted(set(names) - set(metrics))
+        if unknown:
+            raise ConfigError(
+                f"{key} names metric(s) {', '.join(unknown)} that no configured judge produces; "
+                f"the judges produce: {', '.join(metrics)}"
+            )
+    if config.weights and not any(w != 0 for w in config.weights.values()):
+        raise ConfigError("best.weights are all 0: give at least one metric a non-zero weight")
+
+
+def choose_best(
+    means: Mapping[Checkpoint, Mapping[str, float | None]], config: BestConfig | None = None
+) -> dict[str, BestChoice]:
+    """Pick each LoRA's best checkpoint from per-checkpoint metric means (missing metric -> no objective)."""
+    config = config or BestConfig()
+    by_lora: dict[str, list[Checkpoint]] = defaultdict(list)
+    for checkpoint in means:
+        by_lora[checkpoint.loraname].append(checkpoint)
+    all_metrics = sorted({m for metric_means in means.values() for m in metric_means})
+    weights = dict(config.weights) or {m: 1.0 for m in all_metrics}
+    choices = {}
+    for loraname, checkpoints in sorted(by_lora.items()):
+        candidates = [_candidate(c, means[c], weights, config.minimums) for c in checkpoints]
+        order = sorted(
+            (c for c in candidates if c.objective is not None),
+            key=lambda c: (c.objective, c.checkpoint.step_kind == "step", c.checkpoint.training_step),
+            reverse=True,
+        )
+        eligible = tuple(c for c in order if c.eligible)
+        excluded = tuple(sorted((c for c in candidates if not c.eligible), key=lambda c: c.checkpoint.training_step))
+        fallback = not eligible and bool(order)
+        choices[loraname] = BestChoice(
+            loraname, weights, eligible or tuple(order), excluded, fallback, dict(config.minimums)
+        )
+    return choices
+
+
+def _candidate(
+    checkpoint: Checkpoint, means: Mapping[str, float | None], weights: Mapping[str, float], minimums: Mapping[str, float]
+) -> Candidate:
+    clean = {m: (None if v is None or math.isnan(v) else float(v)) for m, v in means.items()}
+    violations = [f"no value for {m}" for m in weights if clean.get(m) is None]
+    for metric, minimum in minimums.items():
+        value = clean.get(metric)
+        if value is None:
+            if metric not in weights:
+                violations.append(f"no value for {metric}")
+        elif value < minimum:
+            violations.append(f"{metric} {value:.4f} < minimum {minimum:g}")
+    objective = None if any(clean.get(m) is None for m in weights) else sum(w * clean[m] for m, w in weights.items())
+    return Candidate(checkpoint, clean, objective, tuple(violations))
+
+
+def means_from_rows(rows: Iterable[ScoreRow]) -> dict[Checkpoint, dict[str, float | None]]:
+    """Per-checkpoint metric means of stored rows (errors and NaN left out; no value at all -> None)."""
+    values: dict[Checkpoint, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        bucket = values[Checkpoint(row.loraname, row.training_step, row.step_kind)][row.metric]  # type: ignore[arg-type]
+        if row.value is not None and not math.isnan(row.value):
+            bucket.append(row.value)
+    return {
+        checkpoint: {m: (sum(v) / len(v) if v else None) for m, v in metrics.items()}
+        for checkpoint, metrics in values.items()
+    }

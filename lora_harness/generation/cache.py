@@ -1,0 +1,179 @@
+"""The image cache of generation mode: an image is regenerated only when something that shapes it changed.
+
+Images live at kohya-style paths under `reports/<run>/images/` (readable, stable across runs, known before
+the image exists). Each PNG carries, in a text chunk, a content-addressed key: the SHA-256 of everything that
+determines its pixels (base model identity, pipeline class, dtype, device type, LoRA file hash and scale,
+prompt, negative prompt, seed, size, steps, guidance, library versions) together with that material, so a
+person can see why an image was (re)made. A rerun reuses an image whose stored key equals the case's key;
+writes are atomic (temporary file, then rename), so a crash never leaves a half-written image behind.
+
+No torch or diffusers here: checking the cache must stay cheap when every image is already there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin
+
+from lora_harness.sources.generate import GeneratedCase
+
+CACHE_FORMAT = 1
+PNG_TEXT_KEY = "lora_harness"
+VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "peft")
+_CONFIG_SUFFIXES = (".json", ".txt", ".model")
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    digest: str
+    material: dict[str, Any]
+
+    @classmethod
+    def of(cls, material: dict[str, Any]) -> "CacheKey":
+        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return cls(hashlib.sha256(canonical.encode("utf-8")).hexdigest(), material)
+
+
+# --- what an image depends on --------------------------------------------------------------------------------
+
+_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, remembered per (path, size, mtime) so a sweep's files are hashed once per process."""
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if memo not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[memo] = digest.hexdigest()
+    return _HASHES[memo]
+
+
+@lru_cache(maxsize=None)
+def library_versions() -> dict[str, str]:
+    """Installed versions of the libraries whose numerics shape the image (read from metadata, no import)."""
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
+@lru_cache(maxsize=None)
+def model_identity(model: str, revision: str | None) -> dict[str, Any]:
+    """What identifies the base model: a local folder's files (configs by content, weights by size and mtime;
+    hashing 20+ GB of FLUX weights per run would cost minutes), or a hub id with its revision and, when it is
+    in the local Hugging Face cache, the snapshot commit."""
+    path = Path(model)
+    if path.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel = file.relative_to(path).as_posix()
+            if file.suffix in _CONFIG_SUFFIXES and file.stat().st_size < 10_000_000:
+                digest.update(f"{rel}:{hashlib.sha256(file.read_bytes()).hexdigest()}\n".encode())
+            else:
+                stat = file.stat()
+                digest.update(f"{rel}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        return {"folder": str(path.resolve()), "files": digest.hexdigest()}
+    identity: dict[str, Any] = {"hub_id": model, "revision": revision}
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
+        if isinstance(cached, str):
+            identity["snapshot"] = Path(cached).parent.name
+    except Exception:  # not installed or not cached: the id and revision still identify the model
+        pass
+    return identity
+
+
+def case_key(case: GeneratedCase, *, pipeline: dict[str, Any]) -> CacheKey:
+    """The cache key of a generated case; `pipeline` holds the base model identity, class, dtype, device type."""
+    prompt = case.prompt
+    lora = None
+    if case.lora is not None:
+        lora = {"sha256": file_sha256(case.lora), "scale": case.lora_scale}
+    return CacheKey.of(
+        {
+            "format": CACHE_FORMAT,
+            "pipeline": pipeline,
+            "lora": lora,
+            "prompt": prompt.text,
+            "negative": prompt.negative,
+            "seed": case.seed,
+            "width": prompt.width,
+            "height": prompt.height,
+            "steps": prompt.steps,
+            "guidance": prompt.guidance,
+            "cfg_scale": prompt.cfg_scale,
+            "versions": library_versions(),
+        }
+    )
+
+
+# --- reading and writing images ------------------------------------------------------------------------------
+
+
+def stored_digest(path: Path) -> str | None:
+    """The key a cached PNG was generated under; None when absent, unreadable or not made by the harness."""
+    try:
+        with Image.open(path) as img:  # text chunks precede the pixel data: nothing is decoded here
+            text = img.info.get(PNG_TEXT_KEY)
+        return json.loads(text)["key"] if text else None
+    except (OSError, ValueError, KeyError, TypeError, SyntaxError):
+        return None
+
+
+def save_png(image: Image.Image, path: Path, key: CacheKey) -> None:
+    """Write atomically, with the key and its material embedded, so image and key can never disagree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_TEXT_KEY, json.dumps({"key": key.digest, **key.material}, sort_keys=True))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            image.save(handle, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class GenerationLog:
+    """One JSON line per event (pipeline built, LoRA loaded, image generated/reused/failed), one file per worker.
+
+    Plain appends without fsync: the log explains a run, it is not data that must survive a crash.
+    """
+
+    def __init__(self, folder: Path, worker: str) -> None:
+        self.path = Path(folder) / f"generation.{worker}.jsonl"
+        self.worker = worker
+
+    def write(self, event: str, **fields: Any) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"event": event, "worker": self.worker, "time": round(time.time(), 3), **fields}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+
+
+def read_log(folder: Path) -> list[dict[str, Any]]:
+    """Every worker's generation events of a run's images folder, oldest first."""
+    events: list[dict[str, Any]] = []
+    for path in sorted(Path(folder).glob("generation.*.jsonl")):
+        events += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return sorted(events, key=lambda e: e.get("time", 0))

@@ -1,0 +1,204 @@
+"""The generator of one process (one xdist worker): generated cases in, cached image files out.
+
+Everything expensive is lazy and happens at most once per process: the pipeline is built on the first
+cache miss (a rerun whose images are all cached never imports diffusers), and a checkpoint's cases are
+generated together so its LoRA is applied once (xdist keeps a checkpoint's cases on one worker). Failures
+are per case: a case that runs out of GPU memory or whose LoRA does not fit is recorded as a
+`CaseGenerationError` (an ImageError, so the harness records it like a broken sample image) and the run
+goes on with the next case.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lora_harness.cases import EvalCase
+from lora_harness.generation.cache import CacheKey, GenerationLog, case_key, model_identity, save_png, stored_digest
+from lora_harness.generation.errors import CaseGenerationError, GenerationError
+from lora_harness.generation.lora import LoraManager
+from lora_harness.generation.pipeline import GenerationWarning, Target, call_arguments, load_pipeline, resolve_target
+from lora_harness.generation.settings import PipelineConfig
+from lora_harness.sources.generate import GeneratedCase
+
+log = logging.getLogger("lora_harness.generation")
+
+
+class ImageGenerator:
+    """Owns this process's pipeline and LoRA state; `materialize(case)` makes sure the case's image exists."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        *,
+        images_dir: Path,
+        worker: str = "main",
+        loader: Callable[[PipelineConfig, Target], Any] = load_pipeline,
+    ) -> None:
+        self.config = config
+        self.worker = worker
+        self.images_dir = Path(images_dir)
+        self.log = GenerationLog(self.images_dir, worker)
+        self.stats: Counter[str] = Counter()
+        self._loader = loader
+        self._target: Target | None = None
+        self._pipe: Any = None
+        self._loras: LoraManager | None = None
+        self._setup_error: GenerationError | None = None
+        self._ready: set[str] = set()
+        self._failed: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    # --- lazily built state ------------------------------------------------------------------------------------
+
+    def target(self) -> Target:
+        if self._target is None:
+            if self._setup_error is not None:
+                raise self._setup_error
+            try:
+                self._target = resolve_target(self.config, self.worker)
+            except GenerationError as exc:
+                self._setup_error = exc
+                raise
+        return self._target
+
+    def pipeline(self) -> Any:
+        """The diffusers pipeline, built on first use; a failure is remembered and re-raised, not retried."""
+        if self._pipe is None:
+            if self._setup_error is not None:
+                raise self._setup_error
+            target = self.target()
+            if target.warning:
+                warnings.warn(GenerationWarning(target.warning), stacklevel=2)
+                log.warning(target.warning)
+            started = time.perf_counter()
+            try:
+                self._pipe = self._loader(self.config, target)
+            except GenerationError as exc:
+                self._setup_error = exc
+                raise
+            seconds = time.perf_counter() - started
+            self.stats["pipeline_loads"] += 1
+            self.log.write("pipeline", model=self.config.model, pipeline=self.config.class_name, device=target.device,
+                           dtype=target.dtype, seconds=round(seconds, 3))
+        return self._pipe
+
+    @property
+    def loras(self) -> LoraManager:
+        """The LoRA switcher of the pipeline (builds the pipeline when needed)."""
+        if self._loras is None:
+            self._loras = LoraManager(self.pipeline(), hotswap=self.config.hotswap, on_event=self._lora_event)
+        return self._loras
+
+    def _lora_event(self, event: str, **fields: Any) -> None:
+        self.stats[f"lora_{fields.get('action', 'load')}"] += 1
+        self.log.write(event, **fields)
+
+    def pipeline_identity(self) -> dict[str, Any]:
+        """The part of every cache key that describes the base pipeline (no model load needed)."""
+        target = self.target()
+        return {
+            "class": self.config.class_name,
+            "model": model_identity(self.config.model, self.config.revision),
+            "variant": self.config.variant,
+            "dtype": target.dtype,
+            "device_type": target.device_type,
+        }
+
+    # --- cases ---------------------------------------------------------------------------------------------------
+
+    def materialize(self, case: GeneratedCase, batch: Sequence[EvalCase] = ()) -> Path:
+        """The case's image file, reused from the cache or generated; the rest of `batch` (its checkpoint) too.
+
+        Raises CaseGenerationError for this case only; other cases of the batch keep their own outcome.
+        """
+        if case.key in self._ready:
+            return case.image_path
+        if case.key in self._failed:
+            raise CaseGenerationError(self._failed[case.key])
+        todo = [case] + [
+            c for c in batch
+            if isinstance(c, GeneratedCase) and c.key != case.key and c.key not in self._ready and c.key not in self._failed
+        ]
+        missing: list[tuple[GeneratedCase, CacheKey]] = []
+        try:
+            identity = self.pipeline_identity()
+        except GenerationError as exc:
+            self._fail(todo, str(exc))
+            raise CaseGenerationError(self._failed[case.key]) from None
+        for item in todo:
+            try:
+                key = case_key(item, pipeline=identity)
+            except OSError as exc:  # the LoRA file vanished or is unreadable
+                self._fail([item], f"cannot read LoRA file {item.lora}: {exc}")
+                continue
+            if stored_digest(item.image_path) == key.digest:
+                self._ready.add(item.key)
+                self.stats["reused"] += 1
+                self.log.write("image", action="reused", case=item.key, image=str(item.image_path))
+            else:
+                missing.append((item, key))
+        groups: dict[tuple[Path | None, float], list[tuple[GeneratedCase, CacheKey]]] = {}
+        for item, key in missing:
+            groups.setdefault((item.lora, item.lora_scale), []).append((item, key))
+        for (lora, scale), items in groups.items():
+            try:
+                if lora is not None or self._loras is not None:  # the base model needs no LoRA machinery
+                    self.loras.use(lora, scale)
+            except GenerationError as exc:
+                self._fail([item for item, _ in items], str(exc))
+                continue
+            for item, key in items:
+                try:
+                    self._generate(item, key)
+                except CaseGenerationError as exc:
+                    self._fail([item], str(exc))
+        if case.key in self._failed:
+            raise CaseGenerationError(self._failed[case.key])
+        return case.image_path
+
+    def _fail(self, cases: Sequence[GeneratedCase], message: str) -> None:
+        for item in cases:
+            self._failed[item.key] = f"cannot generate {item.key}: {message}"
+            self.stats["failed"] += 1
+            self.log.write("image", action="failed", case=item.key, error=message)
+
+    def _generate(self, case: GeneratedCase, key: CacheKey) -> None:
+        import torch
+
+        pipe = self.pipeline()
+        prompt = case.prompt
+        kwargs, ignored = call_arguments(
+            pipe, prompt=prompt.text, negative=prompt.negative, width=prompt.width, height=prompt.height,
+            steps=prompt.steps, guidance=prompt.guidance, cfg_scale=prompt.cfg_scale,
+            # A CPU generator makes the initial noise identical on every device type.
+            generator=torch.Generator(device="cpu").manual_seed(int(case.seed or 0)),
+        )
+        for name in ignored:
+            if name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(GenerationWarning(f"{self.config.class_name} has no parameter {name!r}; that setting is ignored"), stacklevel=2)
+        started = time.perf_counter()
+        oom = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+        try:
+            image = pipe(**kwargs).images[0]
+        except oom as exc:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            size = f"{prompt.width or 'default'}x{prompt.height or 'default'}"
+            raise CaseGenerationError(
+                f"out of memory on {self.target().device} at {size}, {prompt.steps or 'default'} steps "
+                f"({str(exc).splitlines()[0][:200]}); lower width/height, set [pipeline] offload = \"model\", or "
+                "put fewer xdist workers on one GPU (pipeline.devices)"
+            ) from None
+        except Exception as exc:  # a pipeline bug or a bad setting: this case fails, the run goes on
+            raise CaseGenerationError(f"the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
+        save_png(image, case.image_path, key)
+        seconds = time.perf_counter() - started
+        self._ready.add(case.key)
+        self.stats["generated"] += 1
+        self.log.write("image", action="generated", case=case.key, image=str(case.image_path), seconds=round(seconds, 4))

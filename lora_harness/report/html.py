@@ -1,0 +1,164 @@
+"""`report.html`: one self-contained file with the verdict, the tables, trend plots and the image grid.
+
+Built from score rows only (the store, or CSVs), never from judges. Everything a user or a judge wrote (prompt
+text, LoRA names, justifications, raw values, error messages) goes through jinja2's autoescape; the only
+markup inserted unescaped is matplotlib's SVG (text inside it is XML-escaped by matplotlib). No CDN, no
+external JS or CSS: the file opens from disk, offline, years later.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Sequence
+from urllib.parse import quote
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from lora_harness.config import ReportConfig
+from lora_harness.images import DEFAULT_PIXEL_LIMIT
+from lora_harness.report.manifest import RunManifest, library_versions
+from lora_harness.report.plots import ALL_PROMPTS, trend_plots
+from lora_harness.report.redact import Redactor
+from lora_harness.report.thumbs import Thumbnail, build_thumbnails
+from lora_harness.report.view import ReportView, Rules, build_view
+from lora_harness.store import ScoreRow
+
+REPORT_NAME = "report.html"
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    images: Literal["embed", "link"] = "embed"
+    thumbnail_px: int = 256
+    pixel_limit: int = DEFAULT_PIXEL_LIMIT
+
+    @classmethod
+    def of(cls, config: ReportConfig, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> "ReportOptions":
+        return cls(images=config.images, thumbnail_px=config.thumbnail_px, pixel_limit=pixel_limit)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """How the report shows one case's image: a thumbnail source (data URI or relative link) or why not."""
+
+    src: str | None
+    original: str | None  # relative link to the full image, when it exists where the report is built
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class BuildTimings:
+    """Seconds per phase, for the benchmark and for spotting a slow report."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+def _environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=True,  # every template, whatever its suffix
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["num"] = format_number
+    return env
+
+
+def format_number(value: float | None) -> str:
+    if value is None or value != value:
+        return "–"
+    return f"{value:.2f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
+def build_html_report(
+    rows: Sequence[ScoreRow],
+    out_dir: Path,
+    *,
+    title: str,
+    source: str,
+    manifest: RunManifest | None = None,
+    rules: Rules | None = None,
+    options: ReportOptions | None = None,
+    timings: BuildTimings | None = None,
+) -> Path:
+    """Write `out_dir/report.html` (and thumbnails under `out_dir/thumbs/`); returns the report's path.
+
+    Rules (thresholds, gate) default to the manifest's, so a rebuilt report gives the verdicts the run gave.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timings = timings if timings is not None else BuildTimings()
+    if options is None:
+        options = ReportOptions.of(manifest.report) if manifest else ReportOptions()
+    if rules is None:
+        rules = Rules.of_manifest(manifest) if manifest is not None else Rules()
+    redactor = Redactor()
+
+    started = time.perf_counter()
+    view = build_view(rows, rules, redactor=redactor)
+    timings.phases["view"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    images = _image_refs(view, out_dir, options)
+    timings.phases["thumbnails"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    plots = trend_plots(rows, view.metrics)
+    timings.phases["plots"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    prompts = {case.prompt_id: case.prompt for case in view.cases if case.prompt}
+    html = _environment().get_template("report.html.j2").render(
+        title=redactor.text(title),
+        source=redactor.text(source),
+        generated_at=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        view=view,
+        plots=plots,
+        all_prompts=ALL_PROMPTS,
+        prompts=prompts,
+        images=images,
+        manifest=manifest,
+        libraries=manifest.libraries if manifest and manifest.libraries else library_versions(),
+        libraries_from_run=bool(manifest and manifest.libraries),
+        verdict=_verdict(view),
+        options=options,
+    )
+    path = out_dir / REPORT_NAME
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(path)
+    timings.phases["render"] = time.perf_counter() - started
+    return path
+
+
+def _verdict(view: ReportView) -> str:
+    """What the pytest run concluded: gated failures or broken cases fail it."""
+    if view.case_counts["error"] or view.case_counts["fail"] or view.checkpoint_counts["fail"]:
+        return "fail"
+    return "pass"
+
+
+def _image_refs(view: ReportView, out_dir: Path, options: ReportOptions) -> dict[str, ImageRef]:
+    thumbs = build_thumbnails(
+        ((case.key, case.image) for case in view.cases), out_dir, options.thumbnail_px, pixel_limit=options.pixel_limit
+    )
+    refs = {}
+    for case in view.cases:
+        thumb: Thumbnail = thumbs[case.key]
+        original = _relative_url(Path(case.image), out_dir) if case.image and Path(case.image).is_file() else None
+        if thumb.path is None:
+            refs[case.key] = ImageRef(None, original, thumb.problem)
+        elif options.images == "embed":
+            refs[case.key] = ImageRef(thumb.data_uri(), original, None)
+        else:
+            refs[case.key] = ImageRef(_relative_url(thumb.path, out_dir), original, None)
+    return refs
+
+
+def _relative_url(path: Path, start: Path) -> str:
+    return quote(Path(os.path.relpath(path.resolve(), start.resolve())).as_posix())
