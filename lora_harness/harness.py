@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -51,7 +51,11 @@ class Harness:
                 raise ConfigError(
                     f"gate.checkpoints lists step(s) {unknown} that no source has; steps found: {sorted(steps)}"
                 )
-        self.judges: list[Judge] = [create_judge(j.name, j.options) for j in config.judges]
+        judges = [create_judge(j.name, j.options) for j in config.judges]
+        # Pair judges (`compare_batch`, e.g. llm_pairwise) score two images at once: comparisons, not cases.
+        self.judges: list[Judge] = [j for j in judges if not hasattr(j, "compare_batch")]
+        self.pair_judges: list[Any] = [j for j in judges if hasattr(j, "compare_batch")]
+        self._pairwise: list[Any] | None = None
         self._check_threshold_metrics()
         check_best_config(config.best, self.metrics)
         self.baseline = (
@@ -236,6 +240,39 @@ class Harness:
         findings = checkpoint_findings(values, self.config.thresholds, self.config.stats)
         unavailable = self._unavailable_metrics(self.cases_of(checkpoint))
         return [f for f in findings if f.metric not in unavailable], dict(values)
+
+    def pairwise_comparisons(self) -> list[Any]:
+        """The comparisons the pair judges plan over this run's cases (candidate vs baseline checkpoint)."""
+        if self._pairwise is None:
+            self._pairwise = [c for judge in self.pair_judges for c in judge.comparisons(self.cases)]
+        return self._pairwise
+
+    def compare(self, comparison: Any) -> Any:
+        """Judge a comparison's image pairs and record each preference under its candidate case."""
+        from lora_harness.judges.llm.pairwise import ComparisonResult
+
+        judge = next(j for j in self.pair_judges if j.name == comparison.judge)
+        pairs, problems = [], []
+        for base, cand in comparison.pairs:
+            try:
+                pairs.append((base, self._decode(base), cand, self._decode(cand)))
+            except ImageError as exc:
+                problems.append((cand, error_scores(judge, str(exc))[0]))
+        try:
+            results = judge.compare_batch(pairs, self.context()) if pairs else []
+        except ModelUnavailable:
+            raise
+        except Exception as exc:  # a judge bug or outage: every pair gets the error, nothing is lost
+            results = [error_scores(judge, f"failed: {type(exc).__name__}: {exc}")] * len(pairs)
+        scored = [(cand, scores) for (_, _, cand, _), scores in zip(pairs, results)]
+        # Store only: the candidate case's per-image score set (self._scores) is the case judges' business.
+        self.store.append(
+            ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
+            for case, scores in [*scored, *((case, [score]) for case, score in problems)]
+            for s in scores
+        )
+        by_case = {case.key: scores[0] for case, scores in scored} | {case.key: score for case, score in problems}
+        return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs))
 
     def unavailable(self, cases: list[EvalCase]) -> list[str]:
         """Why metrics of these cases are missing because a judge's model or package is absent here."""

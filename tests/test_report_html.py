@@ -180,7 +180,7 @@ def test_study_csv_rows_keep_repeated_samples_apart(tmp_path: Path) -> None:
     keys = {r.case_key for r in rows}
     assert len(keys) == len(frame)  # 57 (step, prompt) pairs were sampled twice; each image stays a case
     assert "personal-lora-fluxdev-florence2-r16-step000200-p00-t20250107135323" in keys
-    first = next(r for r in rows if r.case_key.endswith("step001400-p01"))
+    first = next(r for r in rows if r.case_key.endswith("step001400-p01-t20250107084013"))  # the first data line
     assert (first.training_step, first.metric, first.value) == (1400, "eval_person_llm", 1.0)
 
 

@@ -22,6 +22,7 @@ from lora_harness.judges.llm.encoding import estimated_image_tokens, fit_max_sid
 from lora_harness.judges.llm.options import LlmOptions
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, split
 from lora_harness.judges.llm.rubrics import RUBRIC_DIGEST, RUBRIC_VERSION
+from lora_harness.models import ModelUnavailable
 
 CACHE_SUBDIR = "llm"
 
@@ -76,6 +77,11 @@ class LlmJudgeBase:
     def unavailable(self) -> str | None:
         """Why this judge cannot run here (no endpoint configured), or None. The harness skips on it."""
         return self.endpoint.unavailable_reason()
+
+    def require_endpoint(self) -> None:
+        reason = self.unavailable()
+        if reason is not None:
+            raise ModelUnavailable(f"{self.name}: {reason}")
 
     def runner(self, context: JudgeContext) -> CallRunner:
         """One runner per (cache folder, worker count): limits are this process's share of the account's."""

@@ -162,6 +162,7 @@ class LlmPairwiseJudge(LlmJudgeBase):
         self, pairs: Sequence[tuple[EvalCase, np.ndarray, EvalCase, np.ndarray]], context: JudgeContext
     ) -> list[list[Score]]:
         """One `pairwise_preference` Score per (baseline, candidate) pair: the candidate's preference."""
+        self.require_endpoint()
         references = self.references(context)
         reference = references[0] if references else None
         plans: list[CallPlan] = []

@@ -72,6 +72,9 @@ class LlmRubricJudge(LlmJudgeBase):
         return [(c,) for c in askable]
 
     def judge_batch(self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext) -> list[list[Score]]:
+        """Scores per item, in order. Raises ModelUnavailable when no endpoint is configured: the harness
+        records the metrics as missing and skips the tests they gate, with the reason saying how to enable."""
+        self.require_endpoint()
         references = self.references(context)
         plans: list[CallPlan] = []
         slots: list[_Slot] = []
