@@ -196,6 +196,7 @@ class Comparison:
 
     def check(self) -> None:
         """Raise AssertionError with the full message when the candidate is not non-inferior."""
+        __tracebackhide__ = True  # pytest shows the message, not this frame
         if not self.passed:
             raise AssertionError(self.describe())
 

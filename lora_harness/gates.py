@@ -44,6 +44,9 @@ def image_findings(scores: Mapping[str, Score], thresholds: Mapping[str, Thresho
         score = scores.get(metric)
         if threshold.image is None or score is None or score.value is None:
             continue
+        if math.isnan(score.value):  # NaN < x is False: without this a NaN would pass every minimum
+            findings.append(Finding(metric, None, threshold.image, "image", "the judge returned NaN"))
+            continue
         if score.value < threshold.image:
             findings.append(Finding(metric, score.value, threshold.image, "image"))
     return findings

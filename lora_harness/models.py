@@ -31,6 +31,8 @@ __all__ = [
     "ModelSource",
     "ModelUnavailable",
     "cached",
+    "cached_snapshot",
+    "hub_cache_dir",
     "describe_model",
     "load_auto_model",
     "load_processor",
@@ -193,30 +195,67 @@ def load_pretrained(
     what: str,
     **kwargs: Any,
 ) -> T:
-    """Call `loader(source, **kwargs)` (a transformers `from_pretrained`) with clear errors.
+    """Call `loader(target, **kwargs)` (a transformers `from_pretrained`) with clear errors.
 
-    Offline (HF_HUB_OFFLINE) hub ids load with `local_files_only=True`, i.e. from the local cache only. A hub
-    model missing from the cache becomes ModelUnavailable with the download command; any other failure of
-    a local folder becomes ModelError naming the folder and what was being loaded.
+    A hub id already in the local Hugging Face cache loads from its cached snapshot folder, with no network
+    request at all (transformers 5 still sends some requests with `local_files_only`, and retries them for
+    ~25 s when there is no network). Not cached: offline (HF_HUB_OFFLINE) that is ModelUnavailable with the
+    download command; online, transformers downloads it. Other failures of a local folder are ModelError
+    naming the folder and what was being loaded.
     """
     target = str(source.local) if source.local is not None else source.hub_id
-    if source.hub_id is not None and hub_offline():
-        kwargs.setdefault("local_files_only", True)
+    if source.hub_id is not None:
+        snapshot = cached_snapshot(source.hub_id)
+        if snapshot is not None:
+            target = str(snapshot)
+        elif hub_offline():
+            raise ModelUnavailable(
+                f"{judge}: hub model {source.hub_id!r} is not in the Hugging Face cache ({hub_cache_dir()}) and "
+                f"HF_HUB_OFFLINE is set; {_download_hint(source.hub_id)}"
+            )
     try:
         return loader(target, **kwargs)
     except OSError as exc:
         if source.hub_id is not None:
-            why = "HF_HUB_OFFLINE is set" if hub_offline() else "it is not cached and could not be downloaded"
             raise ModelUnavailable(
-                f"{judge}: cannot load {what} of hub model {source.hub_id!r} ({why}: {_first_line(exc)}); "
-                f"download it on a machine with network (`hf download {source.hub_id}`, then copy the "
-                f"Hugging Face cache), or save it to a folder and set the judge option to that folder"
+                f"{judge}: cannot load {what} of hub model {source.hub_id!r} ({_first_line(exc)}); "
+                f"{_download_hint(source.hub_id)}"
             ) from None
         raise ModelError(f"{judge}: cannot load {what} from {source.describe()}: {_first_line(exc)}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelError(
             f"{judge}: {source.describe()} cannot be loaded as {what}: {_first_line(exc)}"
         ) from None
+
+
+def _download_hint(hub_id: str) -> str:
+    return (
+        f"download it on a machine with network (`hf download {hub_id}`) and copy the Hugging Face cache "
+        f"here, or save the model to a folder and set the judge's model option to that folder"
+    )
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, from the environment at call time (HF_HUB_CACHE, HF_HOME, XDG_CACHE_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def cached_snapshot(hub_id: str) -> Path | None:
+    """The cached snapshot folder of `hub_id` (its `main` revision), or None when it is not cached."""
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        folder = Path(snapshot_download(hub_id, cache_dir=hub_cache_dir(), local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or an unreadable cache: let the loader decide
+        return None
+    return folder if (folder / "config.json").is_file() else None
 
 
 def _first_line(exc: BaseException) -> str:

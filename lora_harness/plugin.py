@@ -23,6 +23,7 @@ from lora_harness.gate_check import Gate
 from lora_harness.gates import gated_checkpoints
 from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
+from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.samples import SampleFolderError
 from lora_harness.stats import CheckpointAggregates
@@ -41,6 +42,7 @@ RUN_ID_KEY = "lora_harness_run_id"
 LOADGROUP_KEY = "lora_harness_loadgroup"
 USER_ERRORS = (ConfigError, SampleFolderError, PromptFileError, ValueError)
 PROGRESS_KEY = "lora_harness_progress"
+CHECKPOINTS_KEY = "lora_harness_checkpoints"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,6 +87,7 @@ class PluginState:
     run_dirs: set[Path] = field(default_factory=set)
     started_at: str = field(default_factory=now_iso)
     progress: PhaseProgress | None = None
+    checkpoints: set[Checkpoint] = field(default_factory=set)  # every collected checkpoint, before --shard
     _harness: Harness | None = None
     _config: EvalConfig | None = None
 
@@ -146,6 +149,8 @@ class _XdistHooks:
         run_dir = getattr(node, "workeroutput", {}).get(RUN_DIR_KEY)
         if run_dir:
             self.state.run_dirs.add(Path(run_dir))
+        for name, step, kind in getattr(node, "workeroutput", {}).get(CHECKPOINTS_KEY, ()):
+            self.state.checkpoints.add(Checkpoint(name, step, kind))
 
 
 def _config_path(config: pytest.Config) -> Path:
@@ -186,7 +191,9 @@ def _harness_or_fail(config: pytest.Config) -> Harness:
     pytest.fail(message, pytrace=False)  # outside `except`: no chained traceback for a config mistake
 
 
-_PARAMETRIZED = ("lora_case", "lora_checkpoint", "lora_checkpoint_summary", "lora_baseline_comparison")
+_PARAMETRIZED = (
+    "lora_case", "lora_checkpoint", "lora_checkpoint_summary", "lora_baseline_comparison", "lora_pairwise_comparison",
+)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -205,6 +212,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         comparisons = comparison_targets(harness)  # none configured: one case that skips, saying why
         ids = [t.test_id for t in comparisons] or ["no-baseline"]
         metafunc.parametrize("lora_baseline_comparison", comparisons or [None], ids=ids, indirect=True)
+    if "lora_pairwise_comparison" in names:
+        pairwise = _user_errors_fail(harness.pairwise_comparisons)  # none configured: one case that skips
+        ids = [c.test_id for c in pairwise] or ["no-pairwise-judge"]
+        metafunc.parametrize("lora_pairwise_comparison", pairwise or [None], ids=ids, indirect=True)
+
+
+def _user_errors_fail(function: Callable[[], Any]) -> Any:
+    try:
+        return function()
+    except USER_ERRORS as exc:
+        message = f"lora-harness: {exc}"
+    pytest.fail(message, pytrace=False)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -379,6 +398,21 @@ def lora_baseline_comparison(request: pytest.FixtureRequest, lora_harness: Harne
 
 
 @pytest.fixture
+def lora_pairwise_comparison(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """Candidate vs baseline images of the same prompt and seed, judged by a pair judge (`llm_pairwise`)
+    in both orders; `.check()` asserts the candidate is not worse. Skips, saying why, when none can run."""
+    if request.param is None:
+        pytest.skip("no pairwise judge configured: add [[judges]] name = \"llm_pairwise\" with options baseline and candidate")
+    from lora_harness.models import ModelUnavailable
+
+    try:
+        return lora_harness.compare(request.param)
+    except ModelUnavailable as exc:
+        reason = f"not judged: {exc}"
+    pytest.skip(reason)
+
+
+@pytest.fixture
 def snapshot_lora(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
     """syrupy's `snapshot` with score tolerances: `assert snapshot_lora == lora_checkpoint_summary`."""
     try:
@@ -419,6 +453,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(config, "workerinput"):
         if state._harness is not None:
             config.workeroutput[RUN_DIR_KEY] = str(state._harness.config.run_dir)
+            config.workeroutput[CHECKPOINTS_KEY] = [[c.loraname, c.training_step, c.step_kind] for c in state._harness.checkpoints]
         return
     for run_dir in sorted(state.run_dirs):
         try:
@@ -441,6 +476,7 @@ def _write_run_report(config: pytest.Config, run_dir: Path, exit_status: int) ->
         files = finish_session(
             run_dir, state.eval_config(), run_id=state.run_id, started_at=state.started_at,
             shard=config.getoption("shard"), exit_status=exit_status,
+            checkpoints=state.checkpoints | set(state._harness.checkpoints if state._harness else ()),
         )
     except ImportError as exc:
         message = f"report.html skipped: {exc.name or exc} is not installed; pip install 'lora-harness[report]'"
@@ -470,6 +506,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         tr.write_line(format_table(summarize(latest_rows(rows), eval_config.thresholds), gated))
         for choice in choices.values():
             tr.write_line(choice.describe())
+        for line in llm_cost_lines(rows):  # tokens and cost of LLM judges (each API call counted once)
+            tr.write_line(line)
         tr.write_line(f"scores: {run_dir / 'scores.csv'} (wide), {run_dir / 'scores_long.csv'} (one row per score)")
         if run_dir in config.stash.get(_REPORT_PATHS, {}):
             tr.write_line(f"report: {config.stash[_REPORT_PATHS][run_dir]}")

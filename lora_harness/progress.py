@@ -45,10 +45,9 @@ class PhaseProgress:
             return None
         self.groups_done += 1
         finished = self.groups_done >= self.total_groups
-        if not finished and self._last_line is not None and now - self._last_line < self.interval:
-            return None
-        if not finished and self._last_line is None and now - self.started < self.interval:
-            return None
+        since = now - (self._last_line if self._last_line is not None else self.started)
+        if since < self.interval and not (finished and self._last_line is not None):
+            return None  # quiet for short runs; a run that printed progress also prints its end
         self._last_line = now
         return self.line(group, now)
 

@@ -9,6 +9,7 @@ newer rows, and `latest_rows` takes the newest row per (case, metric).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -49,6 +50,9 @@ class ScoreRow:
 
     @classmethod
     def of(cls, case: EvalCase, score: Score, *, judge: str, judge_version: str, run_id: str, worker: str) -> "ScoreRow":
+        value, error = (None if score.value is None else float(score.value)), score.error
+        if value is not None and not math.isfinite(value):  # rows are strict JSON: keep the row, flag the value
+            value, error = None, error or f"{judge} returned a non-finite value ({value})"
         return cls(
             case_key=case.key,
             checkpoint_key=case.checkpoint_key,
@@ -62,14 +66,25 @@ class ScoreRow:
             image=str(case.image_path),
             variant=case.variant,
             metric=score.metric,
-            value=None if score.value is None else float(score.value),
-            raw=dict(score.raw),
-            error=score.error,
+            value=value,
+            raw=_json_safe(dict(score.raw)),
+            error=error,
             judge=judge,
             judge_version=judge_version,
             run_id=run_id,
             worker=worker,
         )
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN and infinities in raw values become None: one odd number must not cost a batch its rows."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {key: _json_safe(item) for key, item in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(item) for item in obj]
+    return obj
 
 
 class ScoreStore:

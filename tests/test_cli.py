@@ -182,6 +182,7 @@ def test_report_without_scores_is_a_clear_error(tmp_path, capsys, make):
     assert not (run_dir / "scores.csv").exists()
 
 
+@pytest.mark.slow  # a subprocess importing pandas: ~1.5 s idle, more on a busy machine
 def test_console_script_exit_codes(tmp_path):
     """The installed `lora-harness` entry point wires to main() and its exit codes."""
     script = shutil.which("lora-harness", path=str(Path(sys.executable).parent))

@@ -119,7 +119,7 @@ def test_shipped_eval_config_loads_and_points_at_existing_folders():
     config = load_config(REPO / "evals" / "lora_eval.toml")
     assert config.sources and all(source.path.is_dir() for source in config.sources)
     assert all(ref.exists() for ref in config.person.references)
-    assert config.run_dir == REPO / "reports" / "demo"
+    assert config.run.report_dir == REPO / "reports"
 
 
 @pytest.mark.parametrize("gate", ["latest", "all", [200], [800, 1000]])
@@ -188,7 +188,8 @@ def test_unknown_key_says_did_you_mean(tmp_path, extra, line_start, suggestion, 
     assert str(info.value).startswith(f"{path}: invalid config")
     [line] = [line for line in problem_lines(info) if line.startswith(line_start)]
     assert f"unknown key (did you mean '{suggestion}'?)" in line
-    assert allowed in line
+    listed = line.split("allowed keys: ", 1)[1].split(", ")
+    assert set(allowed.split(", ")) <= set(listed)  # other sections may be added; these stay
 
 
 def test_unknown_key_in_a_list_entry(tmp_path):
@@ -203,7 +204,8 @@ def test_unknown_key_without_a_close_match_lists_the_allowed_keys(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     [line] = problem_lines(info)
-    assert line == "run.zzz: unknown key; allowed keys: name, report_dir, image_pixel_limit"
+    assert line.startswith("run.zzz: unknown key; allowed keys: name, report_dir, image_pixel_limit")
+    assert "did you mean" not in line
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,12 @@ def test_image_findings_report_judge_errors_even_without_a_threshold():
     assert findings[0].describe() == "spectral_score: no score (image_stats: cannot decode)"
 
 
+def test_nan_score_is_a_finding_not_a_pass():
+    [finding] = image_findings({"spectral_score": Score("spectral_score", float("nan"))}, THRESHOLDS)
+    assert (finding.metric, finding.value, finding.error) == ("spectral_score", None, "the judge returned NaN")
+    assert finding.describe() == "spectral_score: no score (the judge returned NaN)"
+
+
 def test_metrics_without_image_threshold_or_score_are_not_findings():
     assert image_findings({"clip_score": Score("clip_score", 1.0)}, THRESHOLDS) == []
     assert image_findings({}, THRESHOLDS) == []

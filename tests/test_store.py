@@ -164,3 +164,26 @@ def test_rerun_appends_and_latest_supersedes(tmp_path):
     assert len(all_rows) == 2  # history stays on disk
     [latest] = latest_rows(all_rows)
     assert (latest.value, latest.run_id) == (0.8, "run2")
+
+
+def test_non_finite_values_keep_the_row_and_the_batch(tmp_path):
+    """Rows are strict JSON; a NaN from one judge must not cost the batch its other scores."""
+    store = ScoreStore(tmp_path, run_id="run1")
+    good = make_row(make_case(200, "00"), value=0.5)
+    nan_value = make_row(make_case(200, "01"), value=float("nan"))
+    inf_raw = make_row(make_case(200, "02"), value=0.7, raw={"ratio": float("inf"), "series": [1.0, float("nan")]})
+    store.append([good, nan_value, inf_raw])
+    rows = {row.case_key: row for row in store.rows()}
+    assert len(rows) == 3
+    assert rows[good.case_key] == good
+    flagged = rows[nan_value.case_key]
+    assert flagged.value is None
+    assert flagged.error == "image_stats returned a non-finite value (nan)"
+    assert rows[inf_raw.case_key].value == 0.7
+    assert rows[inf_raw.case_key].raw == {"ratio": None, "series": [1.0, None]}
+    assert "NaN" not in store.path.read_text() and "Infinity" not in store.path.read_text()
+
+
+def test_a_judge_error_is_kept_over_the_non_finite_note():
+    row = make_row(make_case(), value=float("nan"), error="llm: refused")
+    assert (row.value, row.error) == (None, "llm: refused")

@@ -96,3 +96,15 @@ def save_tiny_bert(folder: Path, *, seed: int = 0) -> Path:
     _seed(seed)
     BertModel(config).save_pretrained(folder)
     return folder
+
+
+def put_in_hub_cache(folder: Path, cache_dir: Path, hub_id: str, commit: str = "0" * 40) -> Path:
+    """Lay `folder` out as the Hugging Face hub cache stores a downloaded model (refs/main + snapshot)."""
+    import shutil
+
+    repo = cache_dir / ("models--" + hub_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    shutil.copytree(folder, snapshot)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+    return snapshot

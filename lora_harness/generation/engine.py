@@ -49,7 +49,7 @@ class ImageGenerator:
         self._pipe: Any = None
         self._loras: LoraManager | None = None
         self._setup_error: GenerationError | None = None
-        self._ready: set[str] = set()
+        self._ready: dict[Path, str] = {}  # image path -> key digest, known good in this process
         self._failed: dict[str, str] = {}
         self._warned: set[str] = set()
 
@@ -116,14 +116,9 @@ class ImageGenerator:
 
         Raises CaseGenerationError for this case only; other cases of the batch keep their own outcome.
         """
-        if case.key in self._ready:
-            return case.image_path
         if case.key in self._failed:
             raise CaseGenerationError(self._failed[case.key])
-        todo = [case] + [
-            c for c in batch
-            if isinstance(c, GeneratedCase) and c.key != case.key and c.key not in self._ready and c.key not in self._failed
-        ]
+        todo = [case] + [c for c in batch if isinstance(c, GeneratedCase) and c.key != case.key and c.key not in self._failed]
         missing: list[tuple[GeneratedCase, CacheKey]] = []
         try:
             identity = self.pipeline_identity()
@@ -136,8 +131,10 @@ class ImageGenerator:
             except OSError as exc:  # the LoRA file vanished or is unreadable
                 self._fail([item], f"cannot read LoRA file {item.lora}: {exc}")
                 continue
+            if self._ready.get(item.image_path) == key.digest:
+                continue  # made or checked earlier in this process
             if stored_digest(item.image_path) == key.digest:
-                self._ready.add(item.key)
+                self._ready[item.image_path] = key.digest
                 self.stats["reused"] += 1
                 self.log.write("image", action="reused", case=item.key, image=str(item.image_path))
             else:
@@ -199,6 +196,6 @@ class ImageGenerator:
             raise CaseGenerationError(f"the pipeline failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from None
         save_png(image, case.image_path, key)
         seconds = time.perf_counter() - started
-        self._ready.add(case.key)
+        self._ready[case.image_path] = key.digest
         self.stats["generated"] += 1
         self.log.write("image", action="generated", case=case.key, image=str(case.image_path), seconds=round(seconds, 4))

@@ -185,7 +185,8 @@ def _check_model_folder(path: Path) -> None:
 
 
 def _load_error(config: PipelineConfig, exc: BaseException, *, local: bool) -> PipelineLoadError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    first = first if len(first) <= 300 else first[:300] + "..."
     if local:
         return PipelineLoadError(
             f"cannot load {config.class_name} from {config.model}: {type(exc).__name__}: {first}; check that the "

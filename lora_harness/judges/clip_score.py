@@ -188,7 +188,7 @@ class ClipScoreJudge:
         from torchmetrics.functional.multimodal.clip_score import _clip_score_update
 
         # Images go in on the model's device: torchmetrics moves the model to the images' device.
-        images = [torch.from_numpy(a).permute(2, 0, 1).to(loaded.device) for a in arrays]
+        images = [torch.tensor(a).permute(2, 0, 1).to(loaded.device) for a in arrays]  # a copy: inputs may be read-only
         with torch.no_grad():
             scores, _ = _clip_score_update(images, list(texts), loaded.model, loaded.processor)
         return [float(s) / 100.0 for s in scores.float().cpu()]

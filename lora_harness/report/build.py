@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
+
+from lora_harness.cases import Checkpoint
+from lora_harness.gates import gated_checkpoints
 
 from lora_harness.config import EvalConfig
 from lora_harness.report.csv import write_score_csvs
@@ -30,6 +33,13 @@ class ReportFiles:
     html: Path
     csv_wide: Path | None = None
     csv_long: Path | None = None
+
+
+def _gated_keys(config: EvalConfig, checkpoints: Iterable[Checkpoint]) -> list[str] | None:
+    checkpoints = list(checkpoints)
+    if config.gate.checkpoints == "best" or not checkpoints:
+        return None
+    return sorted(c.key for c in gated_checkpoints(checkpoints, config.gate.checkpoints))
 
 
 def report_run(
@@ -89,7 +99,14 @@ def report_csvs(
 
 
 def finish_session(
-    run_dir: Path, config: EvalConfig, *, run_id: str, started_at: str, shard: str | None, exit_status: int
+    run_dir: Path,
+    config: EvalConfig,
+    *,
+    run_id: str,
+    started_at: str,
+    shard: str | None,
+    exit_status: int,
+    checkpoints: Iterable[Checkpoint] = (),
 ) -> ReportFiles | None:
     """At the end of a pytest session: record it in `run.json`, then rebuild `report.html` for the run.
 
@@ -107,6 +124,7 @@ def finish_session(
             "finished_at": now_iso(),
             "exit_status": int(exit_status),
             "scores": sum(1 for row in all_rows if row.run_id == run_id),
+            "gated": _gated_keys(config, checkpoints),
         }
     )
     record_session(run_dir, config, session, {k: sorted(v) for k, v in judges.items()})

@@ -137,10 +137,10 @@ def build_html_report(
 
 
 def _verdict(view: ReportView) -> str:
-    """What the pytest run concluded: gated failures or broken cases fail it."""
+    """What the pytest run concluded: gated failures or broken cases fail it; no thresholds, no verdict."""
     if view.case_counts["error"] or view.case_counts["fail"] or view.checkpoint_counts["fail"]:
         return "fail"
-    return "pass"
+    return "pass" if view.has_thresholds else "scored"
 
 
 def _image_refs(view: ReportView, out_dir: Path, options: ReportOptions) -> dict[str, ImageRef]:

@@ -57,6 +57,9 @@ class SessionRecord(_Model):
     shard: str | None = None  # "i/N" when the session evaluated a shard
     exit_status: int | None = None
     scores: int = 0  # score rows this session recorded
+    # The gated checkpoints among all the session collected (before --shard): a shard's own scores cannot
+    # tell which checkpoint is the latest. None with gate "best" (chosen from scores) or when unknown.
+    gated: list[str] | None = None
 
 
 class RunManifest(_Model):
@@ -73,6 +76,12 @@ class RunManifest(_Model):
     libraries: dict[str, str] = {}
     sessions: list[SessionRecord] = []
     merged_from: list[str] = []  # run folders a `lora-harness merge` combined
+
+    @property
+    def gated(self) -> set[str] | None:
+        """Gated checkpoint keys as the most recent session that knew them saw them (shards agree)."""
+        known = [s for s in self.sessions if s.gated is not None]
+        return set(max(known, key=lambda s: (s.started_at, s.run_id)).gated or ()) if known else None
 
     @property
     def config_hashes(self) -> set[str]:

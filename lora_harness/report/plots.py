@@ -75,19 +75,25 @@ def trend_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[TrendP
 
 
 # Fixed margins in inches: matplotlib's constrained layout would measure every tick label and costs ~3x.
-_LEFT, _RIGHT_LEGEND, _TOP, _BOTTOM, _PANEL_W, _PANEL_H = 0.6, 2.3, 0.3, 0.45, 3.4, 2.0
+# The legend's width is estimated from its longest label: the browser renders SVG text (fonttype none) in
+# its own font, so matplotlib's measurement would not hold anyway.
+_LEFT, _TOP, _BOTTOM, _PANEL_W, _PANEL_H = 0.75, 0.3, 0.45, 3.4, 2.0
+_LEGEND_PAD, _LEGEND_HANDLE, _CHAR_W = 0.15, 0.55, 0.07
 
 
 def _figure(frame: pd.DataFrame, loras: list[str], groups: list[list[str]], colours: dict) -> str:
     with matplotlib.rc_context(_RC):
-        width = _LEFT + _PANEL_W * len(loras) + _RIGHT_LEGEND
+        longest = max((len(m) for group in groups for m in group), default=0)
+        legend_width = _LEGEND_PAD + _LEGEND_HANDLE + _CHAR_W * longest
+        width = _LEFT + _PANEL_W * len(loras) + legend_width
         height = _TOP + _PANEL_H * len(groups) + _BOTTOM
         fig = Figure(figsize=(width, height))
         fig.subplots_adjust(
-            left=_LEFT / width, right=1 - _RIGHT_LEGEND / width, bottom=_BOTTOM / height, top=1 - _TOP / height,
+            left=_LEFT / width, right=1 - legend_width / width, bottom=_BOTTOM / height, top=1 - _TOP / height,
             wspace=0.08, hspace=0.12,
         )
-        axes = fig.subplots(len(groups), len(loras), squeeze=False, sharex="col", sharey="row")
+        # one x axis for all: the same step sits at the same place in every LoRA's panel
+        axes = fig.subplots(len(groups), len(loras), squeeze=False, sharex=True, sharey="row")
         by_lora = {name: part for name, part in frame.groupby("loraname")}
         for col, lora in enumerate(loras):
             part = by_lora.get(lora)
@@ -97,6 +103,8 @@ def _figure(frame: pd.DataFrame, loras: list[str], groups: list[list[str]], colo
                 ax.grid(True, alpha=0.3)
                 if row == 0:
                     ax.set_title(lora)
+                if col == 0:
+                    ax.set_ylabel(group[0] if len(group) == 1 else "score (0..1)")
                 if part is None:
                     ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
                     continue
@@ -112,7 +120,8 @@ def _figure(frame: pd.DataFrame, loras: list[str], groups: list[list[str]], colo
                     handles.append(handle)
                     labels.append(label)
         if handles:
-            fig.legend(handles, labels, loc="center right", frameon=False)
+            anchor = (1 - (legend_width - _LEGEND_PAD) / width, 0.5)
+            fig.legend(handles, labels, loc="center left", bbox_to_anchor=anchor, frameon=False)
         buffer = io.StringIO()
         fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = _METADATA.sub("", _XML_PROLOGUE.sub("", buffer.getvalue(), count=1))

@@ -41,6 +41,7 @@ class Rules:
     gate: GateSpec = "latest"
     best: BestConfig | None = None
     stats: StatsConfig = StatsConfig()
+    gated_keys: frozenset[str] | None = None  # recorded by the run (all checkpoints it collected); else derived
 
     @classmethod
     def of(cls, config: EvalConfig) -> "Rules":
@@ -48,7 +49,9 @@ class Rules:
 
     @classmethod
     def of_manifest(cls, manifest: "RunManifest") -> "Rules":
-        return cls(dict(manifest.thresholds), manifest.gate, manifest.best, manifest.stats)
+        gated = manifest.gated
+        keys = None if gated is None or manifest.gate == "best" else frozenset(gated)
+        return cls(dict(manifest.thresholds), manifest.gate, manifest.best, manifest.stats, keys)
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,10 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
     checkpoint_of = {key: Checkpoint(g[0].loraname, g[0].training_step, g[0].step_kind) for key, g in by_case.items()}  # type: ignore[arg-type]
     choices = choose_best(means_from_rows(rows), rules.best) if rules.gate == "best" or rules.best else {}
     best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}
-    gated = gated_checkpoints(set(checkpoint_of.values()), rules.gate, best=best)
+    if rules.gated_keys is not None:  # a shard's rows alone cannot tell which checkpoint is the latest
+        gated = {c for c in checkpoint_of.values() if c.key in rules.gated_keys}
+    else:
+        gated = gated_checkpoints(set(checkpoint_of.values()), rules.gate, best=best)
 
     cases = [
         _case_view(group, checkpoint_of[key] in gated, thresholds, redactor)

@@ -56,8 +56,10 @@ def find_env_file(env_file: str | os.PathLike[str] | None) -> Path | None:
         if not path.is_file():
             raise ValueError(f"llm judge option env_file = {str(env_file)!r}: file not found (working directory {Path.cwd()})")
         return path
-    from dotenv import find_dotenv
-
+    try:
+        from dotenv import find_dotenv
+    except ImportError:  # without the `llm` extra: no .env support, the environment still works
+        return None
     found = find_dotenv(usecwd=True)
     return Path(found) if found else None
 

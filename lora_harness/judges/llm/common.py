@@ -6,6 +6,7 @@ connection pool carry over from one checkpoint's batch to the next.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -25,6 +26,7 @@ from lora_harness.judges.llm.rubrics import RUBRIC_DIGEST, RUBRIC_VERSION
 from lora_harness.models import ModelUnavailable
 
 CACHE_SUBDIR = "llm"
+_PACKAGES = (("openai", "openai"), ("cv2", "opencv-python-headless"), ("xxhash", "xxhash"))
 
 
 class EncodedImage:
@@ -79,6 +81,10 @@ class LlmJudgeBase:
         return self.endpoint.unavailable_reason()
 
     def require_endpoint(self) -> None:
+        """Raise ModelUnavailable (the harness skips, quoting it) when packages or an endpoint are missing."""
+        missing = [name for module, name in _PACKAGES if importlib.util.find_spec(module) is None]
+        if missing:
+            raise ModelUnavailable(f"{self.name}: needs {', '.join(missing)}: pip install 'lora-harness[llm]'")
         reason = self.unavailable()
         if reason is not None:
             raise ModelUnavailable(f"{self.name}: {reason}")

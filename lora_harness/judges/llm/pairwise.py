@@ -74,6 +74,12 @@ class ComparisonResult:
         values = self.values
         return not self.errors and bool(values) and float(np.mean(values)) >= self.threshold
 
+    def check(self) -> None:
+        """Assert "candidate not worse than baseline"; the message lists every pair and the interval."""
+        __tracebackhide__ = True
+        if not self.not_worse:
+            raise AssertionError(self.describe())
+
     def describe(self) -> str:
         c = self.comparison
         head = f"{c.candidate.key} vs baseline {c.baseline.key} ({len(c.pairs)} pairs, same prompt and seed)"
