@@ -37,7 +37,9 @@ __all__ = [
     "load_auto_model",
     "load_processor",
     "check_device_spec",
+    "apply_cpu_threads",
     "check_dtype_spec",
+    "check_threads_spec",
     "clear_cache",
     "hub_offline",
     "load_pretrained",
@@ -331,3 +333,30 @@ def describe_model(model: Any) -> str:
     """`CLIPModel (model_type 'clip')`: for messages about a model of the wrong kind."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     return f"{type(model).__name__} (model_type {model_type!r})"
+
+
+# --- CPU threads -------------------------------------------------------------------------------------------
+
+
+def check_threads_spec(threads: Any, *, judge: str) -> int | str:
+    """`"auto"` or an integer >= 0 (0: leave torch's setting alone)."""
+    if threads == "auto" or (isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0):
+        return threads
+    raise ValueError(f"{judge} option 'threads' = {threads!r} is invalid: expected 'auto' or an integer >= 0")
+
+
+def apply_cpu_threads(threads: int | str, *, worker_count: int, judge: str) -> int | None:
+    """Set torch's intra-op threads for CPU inference; returns the number set, or None when left alone.
+
+    Each xdist worker is its own process with torch's default of one thread per core, so `-n 4` on a
+    4-core machine runs 16 threads that spin against each other: small models then run several times
+    slower. `"auto"` gives each worker its share (cores // workers, at least 1) when there is more than
+    one worker, and leaves a single process alone.
+    """
+    if threads == 0 or (threads == "auto" and worker_count <= 1):
+        return None
+    torch = require("torch", judge=judge)
+    count = threads if isinstance(threads, int) else max(1, (os.cpu_count() or 1) // max(1, worker_count))
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    return count

@@ -27,7 +27,7 @@ from lora_harness.report.plots import ALL_PROMPTS, rolling_mean, score_frame, tr
 from lora_harness.report.redact import REDACTED  # noqa: E402
 from lora_harness.report.view import Rules, build_view  # noqa: E402
 from lora_harness.stats import mean_ci  # noqa: E402
-from lora_harness.store import latest_rows  # noqa: E402
+from lora_harness.store import latest_rows, read_rows  # noqa: E402
 from report_rows import XSS, make_row, sweep_rows, write_store  # noqa: E402
 
 STUDY = Path("/work/shared/reference/seed_results")
@@ -266,3 +266,52 @@ def test_rebuilding_reuses_cached_thumbnails(tmp_path: Path) -> None:
     assert [p.stat().st_mtime_ns for p in thumbs] == stamps and len(thumbs) == 12
     assert html.count("data:image/jpeg;base64,") == 12
     assert not math.isnan(build_view(rows).checkpoints[0].cells["clip_score"].mean)
+
+
+# --- end to end: `pytest evals` writes the report -----------------------------------------------------------
+
+SUITE_TEST = '''
+def test_image(lora_case, lora_gate):
+    lora_gate.check_image(lora_case)
+
+
+def test_checkpoint(lora_checkpoint, lora_gate):
+    lora_gate.check_checkpoint(lora_checkpoint)
+'''
+
+
+@pytest.mark.slow
+def test_pytest_run_writes_report_manifest_and_prints_the_path(pytester: pytest.Pytester) -> None:
+    from lora_harness.config import load_config
+    from lora_harness.report.manifest import config_hash, read_manifest
+
+    demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo" / "samples" / "personal-lora-demo-r32"
+    shutil.copytree(demo, pytester.path / "samples" / "r32")
+    config = pytester.path / "lora_eval.toml"
+    config.write_text(
+        '[run]\nname = "e2e"\nreport_dir = "reports"\n\n[[sources]]\npath = "samples/r32"\n\n'
+        '[[judges]]\nname = "image_stats"\n\n[thresholds.spectral_score]\nimage = 0.5\ncheckpoint = 0.6\n\n'
+        '[report]\nimages = "link"\nthumbnail_px = 64\n'
+    )
+    (pytester.path / "test_lora.py").write_text(SUITE_TEST)
+    result = pytester.runpytest_subprocess("--lora-config", str(config), "-p", "no:cacheprovider", "--lora-progress", "0")
+    result.assert_outcomes(passed=8, xfailed=8)  # steps 200 and 600 miss the spectral minimum, ungated
+    run_dir = pytester.path / "reports" / "e2e"
+    result.stdout.fnmatch_lines([
+        "lora-harness judging: 1/4 checkpoints (3/12 images), last personal-lora-demo-r32-step000200, *",
+        "*lora-harness judging: 4/4 checkpoints (12/12 images), *, done",
+        f"report: {run_dir / 'report.html'}",
+    ])
+    manifest = read_manifest(run_dir)
+    assert manifest.config_hash == config_hash(load_config(config))
+    assert manifest.judges == {"image_stats": ["1"]} and manifest.sessions[0].exit_status == 0
+    assert manifest.sessions[0].scores == 24 and manifest.sessions[0].gated == ["personal-lora-demo-r32-step000800"]
+
+    rows = latest_rows(read_rows(run_dir))
+    view = build_view(rows, Rules.of_manifest(manifest))
+    passed = view.case_counts["pass"] + view.checkpoint_counts["pass"]
+    xfailed = view.case_counts["xfail"] + view.checkpoint_counts["xfail"]
+    assert (passed, xfailed) == (8, 8)  # the report's verdicts are pytest's
+    html = (run_dir / "report.html").read_text()
+    assert html.count('src="thumbs/64/') == 12 and manifest.config_hash in html
+    assert len(list((run_dir / "thumbs" / "64").glob("*.jpg"))) == 12

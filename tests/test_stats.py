@@ -109,8 +109,8 @@ def test_pairing_removes_prompt_difficulty() -> None:
     candidate = baseline + 0.03 + rng.normal(0, 0.01, size=30)
     paired = paired_difference(candidate, baseline)
     assert paired.diff.low > 0  # the gain is significant when pairs are kept
-    unpaired_half = mean_ci(candidate).high - mean_ci(candidate).low
-    assert paired.diff.high - paired.diff.low < unpaired_half / 5
+    unpaired_width = mean_ci(candidate).high - mean_ci(candidate).low  # what comparing two means would see
+    assert paired.diff.high - paired.diff.low < unpaired_width / 5
 
 
 def test_paired_difference_rejects_unequal_lengths() -> None:

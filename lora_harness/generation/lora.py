@@ -135,8 +135,8 @@ def lora_modules(pipe: Any, path: Path) -> dict[str, dict[str, tuple[int, ...]]]
     return modules
 
 
-def validate_lora(pipe: Any, path: Path) -> int:
-    """Check every LoRA module against the model before loading; returns how many modules it targets.
+def validate_lora(pipe: Any, path: Path) -> frozenset[str]:
+    """Check every LoRA module against the model before loading; returns the modules it targets.
 
     Errors name a few offending keys: modules the model does not have (another architecture, or keys missing
     the component prefix, which diffusers would silently ignore) and shapes that differ from the model's
@@ -162,7 +162,7 @@ def validate_lora(pipe: Any, path: Path) -> int:
             wrong.append(f"{name}: {problem}")
     if missing or wrong:
         raise LoraMismatchError(_mismatch_message(pipe, path, modules, missing, wrong))
-    return len(modules)
+    return frozenset(modules)
 
 
 def _shape_problem(module: Any, shapes: dict[str, tuple[int, ...]]) -> str | None:
@@ -212,7 +212,7 @@ class ActiveLora:
     path: Path
     adapter: str  # the peft adapter name (stays the same across hot-swaps)
     scale: float
-    modules: int
+    modules: frozenset[str]  # `component.module` names it targets; hot-swap needs the same set
 
 
 class LoraManager:
@@ -242,7 +242,8 @@ class LoraManager:
         modules = validate_lora(self.pipe, path)
         started = time.perf_counter()
         mode = "load"
-        if self.active is not None and self.hotswap_supported and self._hotswap(path):
+        swappable = self.active is not None and self.hotswap_supported and self.active.modules == modules
+        if swappable and self._hotswap(path):
             mode = "hotswap"
             self.active = ActiveLora(path, self.active.adapter, scale, modules)
         else:

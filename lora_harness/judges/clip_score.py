@@ -40,7 +40,9 @@ from lora_harness.judges.embedding import (
 )
 from lora_harness.models import (
     ModelError,
+    apply_cpu_threads,
     check_device_spec,
+    check_threads_spec,
     check_dtype_spec,
     describe_model,
     load_auto_model,
@@ -118,6 +120,7 @@ class ClipScoreJudge:
         trigger: str | None = None,
         min_side: int = 32,
         max_side: int = 1024,
+        threads: int | str = "auto",
         **unknown: Any,
     ) -> None:
         reject_unknown(self.name, unknown, _OPTIONS)
@@ -130,6 +133,7 @@ class ClipScoreJudge:
         self.trigger = check_text(self.name, "trigger", trigger)
         self.min_side = check_int(self.name, "min_side", min_side, 1)
         self.max_side = check_int(self.name, "max_side", max_side, 64)
+        self.threads = check_threads_spec(threads, judge=self.name)
         self._loaded: Lazy[_Loaded] = Lazy(self._load)
 
     @property
@@ -155,6 +159,8 @@ class ClipScoreJudge:
             ready.append((index, prepared, *self.text_for(case, context)))
         if ready:
             loaded = self._loaded.get()  # ModelUnavailable / ModelError: the harness handles the whole batch
+            if loaded.device == "cpu":
+                apply_cpu_threads(self.threads, worker_count=context.worker_count, judge=self.name)
             for chunk in batches(ready, self.batch_size):
                 try:
                     cosines = self._cosines(loaded, [p.array for _, p, _, _ in chunk], [t for _, _, t, _ in chunk])

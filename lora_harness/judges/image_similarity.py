@@ -42,7 +42,9 @@ from lora_harness.judges.embedding import (
 )
 from lora_harness.models import (
     ModelError,
+    apply_cpu_threads,
     check_device_spec,
+    check_threads_spec,
     check_dtype_spec,
     describe_model,
     load_auto_model,
@@ -87,6 +89,7 @@ class ImageSimilarityJudge:
         pooling: str = "auto",
         min_side: int = 32,
         max_side: int = 1024,
+        threads: int | str = "auto",
         **unknown: Any,
     ) -> None:
         reject_unknown(self.name, unknown, _OPTIONS)
@@ -98,6 +101,7 @@ class ImageSimilarityJudge:
         self.pooling = check_choice(self.name, "pooling", pooling, POOLINGS)
         self.min_side = check_int(self.name, "min_side", min_side, 1)
         self.max_side = check_int(self.name, "max_side", max_side, 64)
+        self.threads = check_threads_spec(threads, judge=self.name)
         self._loaded: Lazy[_Loaded] = Lazy(self._load)
         self._references: _References | None = None
 
@@ -120,6 +124,8 @@ class ImageSimilarityJudge:
             ready.append((index, prepared.array, prepared.notes))
         if ready:
             loaded = self._loaded.get()  # ModelUnavailable / ModelError: the harness handles the whole batch
+            if loaded.device == "cpu":
+                apply_cpu_threads(self.threads, worker_count=context.worker_count, judge=self.name)
             references = self.references(loaded, context)
             for chunk in batches(ready, self.batch_size):
                 try:
