@@ -11,7 +11,7 @@ Targets (issue 3): run 2 >= 20x faster than run 1; run 2 within 1.3x of its idea
 run 2 with zero calls. The server runs in its own process (as a real endpoint would), answering every
 request after exactly `--latency` seconds. Images are 512 x 512 (the study's sample size).
 
-    .venv/bin/python benchmarks/judge_throughput.py [--images 64] [--latency 0.1] [--concurrency 16]
+    .venv/bin/python benchmarks/judge_throughput.py [--images 64] [--latency 0.1] [--concurrency 16] [--size 512]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -49,14 +50,18 @@ def server_calls(url: str) -> int:
         return int(json.load(response)["calls"])
 
 
-def images(n: int) -> list[np.ndarray]:
-    """n distinct 512 x 512 photos: the astronaut portrait shifted and re-toned (skimage ships it)."""
+def images(n: int, size: int = 512) -> list[np.ndarray]:
+    """n distinct size x size photos: the astronaut portrait (512 px, skimage ships it) shifted and re-toned."""
+    from PIL import Image
     from skimage import data
 
-    base = data.astronaut().astype(np.int16)
+    base = data.astronaut()
+    if size != 512:
+        base = np.asarray(Image.fromarray(base).resize((size, size), Image.Resampling.BOX))
+    base = base.astype(np.int16)
     out = []
     for i in range(n):
-        shifted = np.roll(base, shift=(i * 7) % 512, axis=1)
+        shifted = np.roll(base, shift=(i * 7) % size, axis=1)
         out.append(np.clip(shifted + (i % 11) - 5, 0, 255).astype(np.uint8))
     return out
 
@@ -68,15 +73,17 @@ def cases(n: int, tag: str) -> list[EvalCase]:
     ]
 
 
-def timed(judge: LlmRubricJudge, items: list, context: JudgeContext, url: str) -> tuple[float, int, list]:
+def timed(judge: LlmRubricJudge, items: list, context: JudgeContext, url: str) -> tuple[float, int, list, float]:
     before = server_calls(url)
+    cpu = time.process_time()
     start = time.perf_counter()
     results = judge.judge_batch(items, context)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     errors = [s.error for scores in results for s in scores if s.error]
     if errors:
         raise SystemExit(f"benchmark run had judge errors: {errors[:3]}")
-    return elapsed, server_calls(url) - before, results
+    return elapsed, server_calls(url) - before, results, cpu
 
 
 def main() -> int:
@@ -84,6 +91,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.1)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512, help="image side in pixels (the study's samples: 512)")
     args = parser.parse_args()
 
     ctx = multiprocessing.get_context("spawn")
@@ -92,8 +100,8 @@ def main() -> int:
     process.start()
     try:
         url = queue.get(timeout=60)
-        pixels = images(args.images)
-        reference = images(1)[0][::-1].copy()
+        pixels = images(args.images, args.size)
+        reference = images(1, args.size)[0][::-1].copy()
         with tempfile.TemporaryDirectory() as tmp:
             context = JudgeContext(reference_images=[reference], trigger="<phigep>", description="a woman astronaut",
                                    cache_dir=Path(tmp) / "cache")
@@ -104,10 +112,10 @@ def main() -> int:
             research.judge_batch(warm, context)  # import openai, open connections: not part of any timing
             ours.judge_batch(warm, context)
 
-            t_seq, calls_seq, res_seq = timed(research, list(zip(cases(args.images, "a"), pixels)), context, url)
+            t_seq, calls_seq, res_seq, _ = timed(research, list(zip(cases(args.images, "a"), pixels)), context, url)
             items = list(zip(cases(args.images, "b"), pixels))
-            t_ours, calls_ours, res_ours = timed(ours, items, context, url)
-            t_cached, calls_cached, res_cached = timed(ours, items, context, url)
+            t_ours, calls_ours, res_ours, cpu_ours = timed(ours, items, context, url)
+            t_cached, calls_cached, res_cached, _ = timed(ours, items, context, url)
     finally:
         stop.set()
         process.join(timeout=10)
@@ -115,12 +123,17 @@ def main() -> int:
     ideal = calls_ours * args.latency / args.concurrency
     same = all(a.value == b.value for x, y in zip(res_ours, res_cached) for a, b in zip(x, y))
     metrics = len(res_ours[0])
-    print(f"llm_rubric throughput: {args.images} images x {metrics} criteria, server latency {args.latency * 1000:.0f} ms")
+    print(f"llm_rubric throughput: {args.images} images ({args.size} px) x {metrics} criteria, "
+          f"server latency {args.latency * 1000:.0f} ms")
     print(f"{'run':<44}{'wall s':>9}{'calls':>7}{'scores':>8}")
     print(f"{'research-style (per criterion, sequential)':<44}{t_seq:>9.3f}{calls_seq:>7}{sum(map(len, res_seq)):>8}")
     print(f"{f'combined, max_in_flight {args.concurrency}':<44}{t_ours:>9.3f}{calls_ours:>7}{sum(map(len, res_ours)):>8}")
     print(f"{'combined, cached rerun':<44}{t_cached:>9.3f}{calls_cached:>7}{sum(map(len, res_cached)):>8}")
     print(f"ideal bound for the combined run: {calls_ours} calls x {args.latency:g} s / {args.concurrency} = {ideal:.3f} s")
+    cores = os.cpu_count() or 1
+    print(f"judge process CPU in the combined run: {cpu_ours:.3f} s ({cpu_ours / max(1, calls_ours) * 1000:.1f} ms per call: "
+          f"JPEG + edge map + JSON body); {cores} cores, load average {os.getloadavg()[0]:.1f} "
+          "(the server process runs beside it)")
     speedup, vs_ideal, cached_share = t_seq / t_ours, t_ours / ideal, t_cached / t_ours
     checks = [
         (f"speed-up vs research-style: {speedup:.1f}x (target >= 20x)", speedup >= 20),

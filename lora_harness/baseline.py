@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Sequenc
 import pandas as pd
 
 from lora_harness.cases import Checkpoint
-from lora_harness.config import BaselineConfig, ConfigError, StatsConfig
+from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
 from lora_harness.report.csv import ScoresCsvError, metric_columns, read_scores_csv
 from lora_harness.stats import PairedDifference, paired_difference
 from lora_harness.store import ScoreRow, latest_rows, read_rows
@@ -314,13 +314,8 @@ class BaselinePlan:
     def __post_init__(self) -> None:
         cfg = self.config
         names = sorted({c.loraname for c in self.checkpoints})
-        for key, listed in (("baseline.metrics", cfg.metrics or []), ("baseline.margins", list(cfg.margins))):
-            unknown = sorted(set(listed) - set(self.produced_metrics))
-            if unknown:
-                raise ConfigError(
-                    f"{key} names metric(s) {', '.join(unknown)} that no configured judge produces; "
-                    f"the judges produce: {', '.join(self.produced_metrics)}"
-                )
+        check_metric_names("baseline.metrics", cfg.metrics or [], self.produced_metrics)
+        check_metric_names("baseline.margins", cfg.margins, self.produced_metrics)
         if cfg.lora is not None:
             if cfg.lora not in names:
                 raise ConfigError(f"baseline.lora = {cfg.lora!r} is not a LoRA of this run; LoRAs found: {', '.join(names)}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from lora_harness.cases import Checkpoint
-from lora_harness.config import BestConfig, ConfigError
+from lora_harness.config import BestConfig, ConfigError, check_metric_names
 from lora_harness.report.csv import step_label
 from lora_harness.store import ScoreRow
 
@@ -93,13 +93,8 @@ def check_best_config(config: BestConfig | None, metrics: Sequence[str]) -> None
     """Weights and minimums must name metrics the judges produce; at least one weight must be non-zero."""
     if config is None:
         return
-    for key, names in (("best.weights", config.weights), ("best.minimums", config.minimums)):
-        unknown = sorted(set(names) - set(metrics))
-        if unknown:
-            raise ConfigError(
-                f"{key} names metric(s) {', '.join(unknown)} that no configured judge produces; "
-                f"the judges produce: {', '.join(metrics)}"
-            )
+    check_metric_names("best.weights", config.weights, metrics)
+    check_metric_names("best.minimums", config.minimums, metrics)
     if config.weights and not any(w != 0 for w in config.weights.values()):
         raise ConfigError("best.weights are all 0: give at least one metric a non-zero weight")
 

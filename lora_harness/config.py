@@ -10,9 +10,11 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterable, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator,
+)
 
 from lora_harness.generation.settings import PipelineConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
@@ -148,7 +150,7 @@ class SnapshotConfig(_Model):
     """How far a gated checkpoint's metric means may move from its stored syrupy snapshot."""
 
     tolerance: float = Field(0.02, ge=0)
-    tolerances: dict[str, float] = {}  # per-metric overrides
+    tolerances: dict[str, NonNegativeFloat] = {}  # per-metric overrides
     fail_on_improvement: bool = False  # by default only drops beyond the tolerance fail
 
 
@@ -185,6 +187,17 @@ class EvalConfig(_Model):
     @property
     def run_dir(self) -> Path:
         return self.run.report_dir / self.run.name
+
+
+def check_metric_names(key: str, names: Iterable[str], produced: Sequence[str]) -> None:
+    """Metric names in a section (`best.weights`, `snapshot.tolerances`, ...) must be ones the judges produce:
+    a typo would otherwise silently weigh, tolerate or compare nothing."""
+    unknown = sorted(set(names) - set(produced))
+    if unknown:
+        raise ConfigError(
+            f"{key} names metric(s) {', '.join(unknown)} that no configured judge produces; "
+            f"the judges produce: {', '.join(produced)}"
+        )
 
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> EvalConfig:

@@ -96,8 +96,8 @@ def gated_checkpoints(
     if spec == "latest":
         latest: dict[str, Checkpoint] = {}
         for ckpt in checkpoints:
-            best = latest.get(ckpt.loraname)
-            if best is None or (ckpt.step_kind, ckpt.training_step) > (best.step_kind, best.training_step):
+            newest = latest.get(ckpt.loraname)
+            if newest is None or (ckpt.step_kind, ckpt.training_step) > (newest.step_kind, newest.training_step):
                 latest[ckpt.loraname] = ckpt
         return set(latest.values())
     steps = set(spec)

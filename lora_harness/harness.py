@@ -15,7 +15,7 @@ import numpy as np
 from lora_harness.baseline import BaselinePlan
 from lora_harness.best_checkpoint import BestChoice, check_best_config, choose_best
 from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.config import ConfigError, EvalConfig
+from lora_harness.config import ConfigError, EvalConfig, check_metric_names
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
@@ -58,6 +58,7 @@ class Harness:
         self._pairwise: list[Any] | None = None
         self._check_threshold_metrics()
         check_best_config(config.best, self.metrics)
+        check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
         self.baseline = (
             None if config.baseline is None
             else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=config.stats)

@@ -437,9 +437,11 @@ def flux_pipeline(lora_harness: Harness) -> Any:
 
 @pytest.fixture
 def lora(lora_harness: Harness, flux_pipeline: Any) -> Any:
-    """LoRA switching on `flux_pipeline`: `lora.use(path, scale=0.8)`, `lora.use(None)` for the base model;
-    adapters the test left are removed afterwards. Files are validated against the model before loading."""
+    """LoRA switching on `flux_pipeline`: `lora.use(path, scale=0.8)`, `lora.use(None)` for the base model.
+    The test starts on the bare base model (whatever generated cases applied before is removed) and adapters
+    it leaves are removed afterwards. Files are validated against the model before loading."""
     manager = lora_harness.generator().loras
+    manager.clear()
     yield manager
     manager.clear()
 

@@ -132,5 +132,5 @@ def test_generate_judge_csv_then_a_rerun_reuses_every_image(pytester: pytest.Pyt
     new = events(run_dir)[before:]
     assert sorted((e["event"], e["action"]) for e in new) == [("image", "reused")] * 4  # no pipeline, no LoRA, no image made
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "images").rglob("*.png")} == mtimes
-    rows = pd.read_csv(run_dir / "scores_long.csv")
-    assert rows["run_id"].nunique() == 2  # both runs' scores kept; reports use the newest per case
+    stored = [json.loads(line) for path in (run_dir / "scores").glob("*.jsonl") for line in path.read_text().splitlines() if line]
+    assert len({row["run_id"] for row in stored}) == 2  # the rerun re-judged the cached images; both runs' rows kept

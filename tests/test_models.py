@@ -245,3 +245,23 @@ def test_face_identity_scores_the_demo_and_a_faceless_image_is_missing_not_zero(
     assert faceless["face_identity_mean"].raw["missing"] == "no face detected"
     for case in harness.cases:
         Gate(harness).check_image(case)  # passes: the missing identity is not scored, not a failure
+
+
+def test_cpu_threads_are_shared_among_xdist_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    from lora_harness.models import apply_cpu_threads, check_threads_spec
+
+    before = torch.get_num_threads()
+    try:
+        assert apply_cpu_threads("auto", worker_count=1, judge="dino") is None  # alone: torch's default stays
+        assert torch.get_num_threads() == before
+        assert apply_cpu_threads(0, worker_count=8, judge="dino") is None
+        monkeypatch.setattr("os.cpu_count", lambda: 8)
+        assert apply_cpu_threads("auto", worker_count=4, judge="dino") == 2
+        assert torch.get_num_threads() == 2
+        assert apply_cpu_threads("auto", worker_count=16, judge="dino") == 1
+        assert apply_cpu_threads(3, worker_count=1, judge="dino") == 3 and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="option 'threads' = -1 is invalid"):
+        check_threads_spec(-1, judge="dino")

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.cases import Checkpoint
-from lora_harness.config import SnapshotConfig
-from lora_harness.snapshots import compare_snapshot, extension_for, snapshot_data
-from lora_harness.stats import CheckpointAggregates, mean_ci
+pytest.importorskip("syrupy", reason="snapshots need syrupy (the 'report' extra)")
+
+from lora_harness.cases import Checkpoint  # noqa: E402
+from lora_harness.config import SnapshotConfig  # noqa: E402
+from lora_harness.snapshots import compare_snapshot, extension_for, snapshot_data  # noqa: E402
+from lora_harness.stats import CheckpointAggregates, mean_ci  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 R4 = REPO / "fixtures" / "demo" / "samples" / "personal-lora-demo-r4"
@@ -108,7 +110,13 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 @pytest.mark.slow
-def test_snapshot_update_then_equal_then_tiny_change_then_regression(pytester: pytest.Pytester) -> None:
+def test_snapshot_update_then_equal_then_tiny_change_then_regression(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # when this suite itself runs under xdist, the inner pytest must not believe it is an xdist worker
+    # (syrupy reads PYTEST_XDIST_WORKER from the environment and would then skip its report)
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
     write_suite(pytester.path)
     path = pytester.path / "__snapshots__" / "test_regression" / "test_snapshot[mylora-latest].json"
 
@@ -141,3 +149,15 @@ def test_snapshot_update_then_equal_then_tiny_change_then_regression(pytester: p
         "*spectral_score: snapshot 1.00*, now 0.08*, difference -0.9* (REGRESSION beyond tolerance 0.02)*",
     ])
     assert "magnitude_score: snapshot" in worse.stdout.str()
+
+
+def test_tolerances_for_unknown_metrics_are_a_config_error(tmp_path: Path) -> None:
+    from lora_harness.config import ConfigError, load_config
+    from lora_harness.harness import Harness
+
+    config = load_config(
+        REPO / "evals" / "lora_eval.toml",
+        {"run.report_dir": str(tmp_path), "snapshot.tolerances": {"spectal_score": 0.1}},
+    )
+    with pytest.raises(ConfigError, match="snapshot.tolerances names metric\\(s\\) spectal_score that no configured judge produces"):
+        Harness(config, run_id="t")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -99,17 +100,23 @@ def build_html_report(
         rules = Rules.of_manifest(manifest) if manifest is not None else Rules()
     redactor = Redactor()
 
-    started = time.perf_counter()
-    view = build_view(rows, rules, redactor=redactor)
-    timings.phases["view"] = time.perf_counter() - started
+    # Thumbnails decode in threads (Pillow releases the GIL) while this thread builds the view and plots.
+    images_of = {row.case_key: row.image for row in rows}
+    with ThreadPoolExecutor(max_workers=1) as background:
+        pending = background.submit(
+            build_thumbnails, images_of.items(), out_dir, options.thumbnail_px, pixel_limit=options.pixel_limit
+        )
+        started = time.perf_counter()
+        view = build_view(rows, rules, redactor=redactor)
+        timings.phases["view"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    images = _image_refs(view, out_dir, options)
-    timings.phases["thumbnails"] = time.perf_counter() - started
+        started = time.perf_counter()
+        plots = trend_plots(rows, view.metrics)
+        timings.phases["plots"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    plots = trend_plots(rows, view.metrics)
-    timings.phases["plots"] = time.perf_counter() - started
+        started = time.perf_counter()
+        images = _image_refs(view, out_dir, options, pending.result())
+        timings.phases["thumbnails (after overlap)"] = time.perf_counter() - started
 
     started = time.perf_counter()
     prompts = {case.prompt_id: case.prompt for case in view.cases if case.prompt}
@@ -143,10 +150,9 @@ def _verdict(view: ReportView) -> str:
     return "pass" if view.has_thresholds else "scored"
 
 
-def _image_refs(view: ReportView, out_dir: Path, options: ReportOptions) -> dict[str, ImageRef]:
-    thumbs = build_thumbnails(
-        ((case.key, case.image) for case in view.cases), out_dir, options.thumbnail_px, pixel_limit=options.pixel_limit
-    )
+def _image_refs(
+    view: ReportView, out_dir: Path, options: ReportOptions, thumbs: dict[str, Thumbnail]
+) -> dict[str, ImageRef]:
     refs = {}
     for case in view.cases:
         thumb: Thumbnail = thumbs[case.key]

@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -27,6 +28,7 @@ from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, Transien
 from lora_harness.judges.llm.schemas import response_format
 
 FATAL_STATUS = frozenset({401, 403, 404})
+ENCODE_WORKERS = max(1, min(8, os.cpu_count() or 2))  # encoding is CPU-bound: about one thread per core
 
 # content -> (answers as plain dicts by key, problems by key)
 Parser = Callable[[str | None], tuple[dict[str, dict[str, Any]], dict[str, str]]]
@@ -103,12 +105,45 @@ class CallRunner:
             else:
                 pending[plan.key] = plan
         if pending:
-            stop = _Stop()
-            workers = max(1, min(self.settings.max_in_flight, len(pending)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.judge_name}-call") as pool:
-                for key, outcome in zip(pending, pool.map(lambda p: self._ask(p, stop), pending.values())):
-                    outcomes[key] = outcome
+            for key, outcome in zip(pending, self._ask_all(list(pending.values()))):
+                outcomes[key] = outcome
         return [outcomes[plan.key] for plan in plans]
+
+    def _ask_all(self, plans: list[CallPlan]) -> list[CallOutcome]:
+        """Request workers (max_in_flight) send; a few encoder threads prepare requests ahead of them.
+
+        Encoding (JPEG, edge map) is CPU work and sending is waiting: preparing the next requests while
+        earlier ones are in flight keeps every request slot busy. At most 2 x max_in_flight requests are
+        prepared and unfinished at once, which bounds the memory their base64 images take.
+        """
+        stop = _Stop()
+        workers = max(1, min(self.settings.max_in_flight, len(plans)))
+        window = threading.Semaphore(2 * workers)
+        prepared: list[Future] = [Future() for _ in plans]
+
+        def prepare(plan: CallPlan, future: Future) -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(None if stop.reason is not None else plan.build_messages())
+            except Exception as exc:  # e.g. an image the encoder cannot handle: this plan only
+                future.set_exception(exc)
+
+        encoders = ThreadPoolExecutor(max_workers=min(ENCODE_WORKERS, len(plans)), thread_name_prefix=f"{self.judge_name}-encode")
+
+        def feed() -> None:
+            for plan, future in zip(plans, prepared):
+                window.acquire()
+                encoders.submit(prepare, plan, future)
+
+        feeder = threading.Thread(target=feed, name=f"{self.judge_name}-feed", daemon=True)
+        feeder.start()
+        try:
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.judge_name}-call") as pool:
+                return list(pool.map(lambda i: self._ask(plans[i], prepared[i], window, stop), range(len(plans))))
+        finally:
+            feeder.join()
+            encoders.shutdown(wait=True)
 
     # --- one plan --------------------------------------------------------------------------------------
 
@@ -132,15 +167,21 @@ class CallRunner:
         )
         return CallOutcome(answers=answers, calls=[record], cached=True)
 
-    def _ask(self, plan: CallPlan, stop: "_Stop") -> CallOutcome:
-        outcome = CallOutcome()
-        if stop.reason is not None:
-            outcome.problems = {key: stop.reason for key in plan.keys}
-            return outcome
+    def _ask(self, plan: CallPlan, prepared: Future, window: threading.Semaphore, stop: "_Stop") -> CallOutcome:
         try:
-            messages = plan.build_messages()
-        except Exception as exc:  # e.g. an image the encoder cannot handle: this plan only
+            return self._ask_prepared(plan, prepared, stop)
+        finally:
+            window.release()  # this request is done: the encoders may prepare another
+
+    def _ask_prepared(self, plan: CallPlan, prepared: Future, stop: "_Stop") -> CallOutcome:
+        outcome = CallOutcome()
+        try:
+            messages = prepared.result()
+        except Exception as exc:
             outcome.problems = {key: f"could not build the request: {type(exc).__name__}: {exc}" for key in plan.keys}
+            return outcome
+        if stop.reason is not None or messages is None:
+            outcome.problems = {key: stop.reason or "not sent" for key in plan.keys}
             return outcome
         problems: dict[str, str] = {}
         for attempt in range(self.settings.answer_retries + 1):
