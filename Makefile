@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 EXTRAS ?= generate,embed,face,llm,report,dev
 PYTEST_ARGS ?=
 
-.PHONY: eval test install clean
+.PHONY: eval test install clean browser
 
 install: $(STAMP)
 
@@ -27,8 +27,23 @@ endef
 eval: $(STAMP)
 	$(call run_pytest,evals -n 4 -rxX $(PYTEST_ARGS))
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(call run_pytest,tests -n 2 $(PYTEST_ARGS))
+
+# Headless Chromium for the report's browser test (tests/test_report_browser.py). Installed from Debian when
+# missing and apt-get is usable (as root, or through password-less sudo); never fails: without it the browser
+# test is skipped and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "note: no apt-get here: install Chromium and chromedriver yourself, or the browser test is skipped"; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else SUDO=none; fi; \
+		if [ "$$SUDO" = none ]; then echo "note: installing chromium needs root: sudo apt-get install chromium chromium-driver (the browser test is skipped until then)"; \
+		else echo "installing chromium and chromium-driver for the browser test"; \
+			($$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+			|| echo "note: apt-get could not install chromium; the browser test will be skipped"; fi; \
+	fi
 
 clean:
 	rm -rf reports/*/ .pytest_cache

@@ -122,11 +122,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_STATE] = PluginState(config, run_id, worker, worker_count)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config.stash[_STATE]), "lora_harness_xdist")
-    _check_progress_option(config)
+    _check_options(config)
     config.pluginmanager.register(_ShardAndProgress(config), "lora_harness_shard_progress")
 
 
-def _check_progress_option(config: pytest.Config) -> None:
+def _check_options(config: pytest.Config) -> None:
+    """Bad --shard / --lora-progress values stop the run before collection, saying what is expected."""
+    if config.getoption("shard", None):
+        try:
+            Shard.parse(config.getoption("shard"))
+        except ShardError as exc:
+            raise pytest.UsageError(str(exc)) from None
     value = str(config.getoption("lora_progress", "10"))
     try:
         if value.lower() != "off" and float(value) < 0:
@@ -287,6 +293,9 @@ class _ShardAndProgress:
         line = state.progress.item_done(info["checkpoint"], info["size"])
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if line and reporter is not None:
+            writer = getattr(reporter, "_tw", None)  # xdist's progress dots do not end their line
+            if writer is not None and writer.width_of_current_line:
+                reporter.write("\n")
             reporter.write_line(line)
 
 

@@ -47,12 +47,19 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess("--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", *args)
 
 
-def test_all_embedding_judges_score_record_and_gate(pytester: pytest.Pytester, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Built before `pytester` starts: pytester drops modules first imported during its test from sys.modules,
+    and torch cannot be imported a second time in one process."""
     pytest.importorskip("transformers")
     pytest.importorskip("torchmetrics")
+    root = tmp_path_factory.mktemp("models")
+    return save_tiny_clip(root / "clip"), save_tiny_vit(root / "vit")
+
+
+def test_all_embedding_judges_score_record_and_gate(pytester: pytest.Pytester, tiny_models: tuple[Path, Path]) -> None:
     pytest.importorskip("dlib")
-    clip = save_tiny_clip(tmp_path / "clip")
-    vit = save_tiny_vit(tmp_path / "vit")
+    clip, vit = tiny_models
     judges = f"""
 [[judges]]
 name = "clip_score"

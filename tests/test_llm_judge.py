@@ -292,3 +292,23 @@ def test_pairwise_selectors_explain_what_is_wrong():
         plan_comparison("j", "base", "cand", 0.1, cases)
     with pytest.raises(ValueError, match="are the same checkpoint"):
         plan_comparison("j", "base", "base@latest", 0.1, cases)
+
+
+def test_comparison_verdict_uses_the_mean_and_margin_and_fails_on_judge_errors():
+    from lora_harness.cases import Checkpoint
+    from lora_harness.judges.base import Score
+    from lora_harness.judges.llm.pairwise import Comparison, ComparisonResult
+
+    cases = [(EvalCase("base", 1, Prompt(f"0{i}", f"p{i}"), Path("b.png")), EvalCase("cand", 1, Prompt(f"0{i}", f"p{i}"), Path("c.png")))
+             for i in range(3)]
+    comparison = Comparison("llm_pairwise", Checkpoint("base", 1), Checkpoint("cand", 1), tuple(cases), ("cand-x",), 0.1)
+    ok = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.3, 0.45, 0.5)))
+    assert ok.not_worse  # mean 0.4167 >= 0.4
+    ok.check()
+    worse = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.2, 0.4, 0.5)))
+    assert not worse.not_worse
+    with pytest.raises(AssertionError, match=r"(?s)mean preference for the candidate = 0.367 .*minimum 0.400 = 0.5 - margin 0.1: WORSE"):
+        worse.check()
+    assert "no baseline image with the same prompt and seed for: cand-x" in worse.describe()
+    broken = ComparisonResult(comparison, (Score("pairwise_preference", 0.9), Score("pairwise_preference", None, error="llm_pairwise: boom"), Score("pairwise_preference", 0.9)))
+    assert not broken.not_worse and "judge error: llm_pairwise: boom" in broken.describe()

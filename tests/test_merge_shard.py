@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("jinja2")
-pytest.importorskip("matplotlib")
 
 from lora_harness.cli import main  # noqa: E402
 from lora_harness.config import load_config  # noqa: E402

@@ -12,10 +12,11 @@ Metrics:
 * ``face_detected``: 1 when a face was found, else 0 (an offline counterpart of the study's "person
   present" criterion).
 * ``face_identity_mean`` / ``face_identity_max``: cosine similarity of the sample's face descriptor to
-  each reference face's, mean and max over the reference faces. With dlib's descriptors the same person
-  scores ~0.93-1.0 and different people ~0.7-0.88; cosine 0.91 corresponds roughly to dlib's own
-  same-person rule (Euclidean distance < 0.6; the distances are in ``raw``). Thresholds are therefore
-  model-specific: around 0.9 for this model.
+  each reference face's, mean and max over the reference faces. Cosine (not dlib's Euclidean distance) so
+  the metric reads like the ArcFace-style numbers in the literature: higher is more alike. dlib's
+  descriptors are not unit length and their cosines are compressed near 1: the astronaut vs her own crops
+  and mirror image scores 0.98-1.0, vs the cameraman 0.82 (distance 0.85, where dlib's same-person rule
+  is distance < 0.6). The distances and that rule's votes are kept in ``raw``; thresholds belong around 0.9.
 
 No face in the sample: ``face_detected = 0`` and both identity metrics are recorded as missing (value
 None, ``raw["missing"]`` says why), never as similarity 0. Reference photos without a face are left out

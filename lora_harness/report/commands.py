@@ -12,7 +12,7 @@ from lora_harness.config import ConfigError, load_config
 from lora_harness.report.csv import ScoresCsvError
 from lora_harness.report.manifest import ManifestError, read_manifest
 
-if TYPE_CHECKING:  # jinja2 and matplotlib load only when a report is built (`lora-harness validate` stays fast)
+if TYPE_CHECKING:  # jinja2 loads only when a report is built (`lora-harness validate` stays fast)
     from lora_harness.report.html import ReportOptions
 
 USER_ERRORS = (ConfigError, ScoresCsvError, ManifestError, ValueError, OSError)

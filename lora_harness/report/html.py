@@ -2,7 +2,7 @@
 
 Built from score rows only (the store, or CSVs), never from judges. Everything a user or a judge wrote (prompt
 text, LoRA names, justifications, raw values, error messages) goes through jinja2's autoescape; the only
-markup inserted unescaped is matplotlib's SVG (text inside it is XML-escaped by matplotlib). No CDN, no
+markup inserted as is are the trend plots, themselves rendered from an autoescaped SVG template. No CDN, no
 external JS or CSS: the file opens from disk, offline, years later.
 """
 

@@ -34,7 +34,7 @@ SCHEMA = 1
 LIBRARIES = (
     "lora-harness", "pytest", "pytest-xdist", "numpy", "scipy", "pillow", "pandas", "pydantic", "torch",
     "diffusers", "transformers", "peft", "torchmetrics", "open_clip_torch", "openai", "opencv-python-headless",
-    "jinja2", "matplotlib", "allure-pytest",
+    "jinja2", "allure-pytest",
 )
 
 

@@ -2,44 +2,62 @@
 
 This is the study's main figure, drawn by hand in notebooks: raw scores as points and a rolling mean of 3
 over steps as a line, one line per metric, rank 4 next to rank 32. Metrics on a 0..1 scale share a panel;
-a metric on another scale (CLIP score) gets its own row so it does not flatten the others.
+a metric on another scale (CLIP score) gets its own row so it does not flatten the others. Every panel of
+a figure shares one x axis, so the same step sits at the same place for every LoRA.
 
-matplotlib's object API (`Figure`, no pyplot) keeps this free of global state and safe in threads; text
-stays text in the SVG (`svg.fonttype = none`) and is XML-escaped by matplotlib; math parsing is off, so a
-`$` in a LoRA name is just a character.
+Drawn as plain SVG from a jinja2 template (autoescaped: a LoRA name is text, never markup) rather than with
+matplotlib: matplotlib spent ~0.5 s of CPU per figure, more than half of the whole report budget (10,000
+rows and 1,000 images in under 10 s on two cores, see benchmarks/report_build.py). The issue allows "a small
+vendored-free inline SVG"; this is it, and the only plotting it needs is points, polylines and ticks.
 """
 
 from __future__ import annotations
 
-import io
 import math
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
-import matplotlib
 import pandas as pd
-from matplotlib.figure import Figure
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from lora_harness.store import ScoreRow
 
 ROLLING_WINDOW = 3
-_RC = {
-    "svg.fonttype": "none",
-    "svg.hashsalt": "lora-harness",  # stable element ids: identical input, identical SVG
-    "text.parse_math": False,
-    "font.size": 8,
-    "axes.titlesize": 9,
-}
-_XML_PROLOGUE = re.compile(r"^.*?(?=<svg)", re.DOTALL)
-_METADATA = re.compile(r"<metadata>.*?</metadata>\s*", re.DOTALL)
 ALL_PROMPTS = "all"
+# matplotlib's tab10, so colours look familiar to anyone who used the study's notebooks
+PALETTE = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)
+# Layout in SVG pixels.
+PANEL_W, PANEL_H, GAP, LEFT, TOP, BOTTOM, CHAR_W = 300, 160, 14, 58, 24, 40, 6.6
 
 
 @dataclass(frozen=True)
 class TrendPlot:
     prompt_id: str  # ALL_PROMPTS for the mean over every prompt
     svg: str
+
+
+@dataclass
+class Series:
+    metric: str
+    colour: str
+    points: list[tuple[float, float]]  # SVG coordinates of the raw scores
+    line: list[tuple[float, float]]  # SVG coordinates of the rolling mean
+
+
+@dataclass
+class Panel:
+    x: float
+    y: float
+    title: str | None
+    x_label: str | None
+    y_label: str | None
+    x_ticks: list[tuple[float, str]]  # (SVG x, label); labels only on the bottom row
+    y_ticks: list[tuple[float, str]]
+    series: list[Series] = field(default_factory=list)
+    empty: bool = False
 
 
 def score_frame(rows: Sequence[ScoreRow]) -> pd.DataFrame:
@@ -59,87 +77,6 @@ def metric_groups(frame: pd.DataFrame, metrics: Sequence[str]) -> list[list[str]
     return ([unit] if unit else []) + others
 
 
-def trend_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[TrendPlot]:
-    """One figure for all prompts together, then one per prompt; empty when nothing has a value."""
-    frame = score_frame(rows)
-    if frame.empty:
-        return []
-    groups = metric_groups(frame, metrics)
-    colours = {m: matplotlib.colormaps["tab10"](i % 10) for i, m in enumerate(metrics)}
-    loras = sorted(frame["loraname"].unique())
-    # all prompts together: one point per step (the mean over prompts and seeds), so 1,000 images stay legible
-    means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False)["value"].mean()
-    plots = [TrendPlot(ALL_PROMPTS, _figure(means, loras, groups, colours))]
-    for prompt_id in sorted(frame["prompt_id"].unique()):
-        subset = frame[frame["prompt_id"] == prompt_id]
-        plots.append(TrendPlot(str(prompt_id), _figure(subset, loras, groups, colours)))
-    return plots
-
-
-# Fixed margins in inches: matplotlib's constrained layout would measure every tick label and costs ~3x.
-# The legend's width is estimated from its longest label: the browser renders SVG text (fonttype none) in
-# its own font, so matplotlib's measurement would not hold anyway.
-_LEFT, _TOP, _BOTTOM, _PANEL_W, _PANEL_H = 0.75, 0.3, 0.45, 3.4, 2.0
-_LEGEND_PAD, _LEGEND_HANDLE, _CHAR_W = 0.15, 0.55, 0.07
-
-
-def _figure(frame: pd.DataFrame, loras: list[str], groups: list[list[str]], colours: dict) -> str:
-    with matplotlib.rc_context(_RC):
-        longest = max((len(m) for group in groups for m in group), default=0)
-        legend_width = _LEGEND_PAD + _LEGEND_HANDLE + _CHAR_W * longest
-        width = _LEFT + _PANEL_W * len(loras) + legend_width
-        height = _TOP + _PANEL_H * len(groups) + _BOTTOM
-        fig = Figure(figsize=(width, height))
-        fig.subplots_adjust(
-            left=_LEFT / width, right=1 - legend_width / width, bottom=_BOTTOM / height, top=1 - _TOP / height,
-            wspace=0.08, hspace=0.12,
-        )
-        # one x axis for all: the same step sits at the same place in every LoRA's panel
-        axes = fig.subplots(len(groups), len(loras), squeeze=False, sharex=True, sharey="row")
-        by_lora = {name: part for name, part in frame.groupby("loraname")}
-        for col, lora in enumerate(loras):
-            part = by_lora.get(lora)
-            for row, group in enumerate(groups):
-                ax = axes[row][col]
-                ax.locator_params(nbins=5)
-                ax.grid(True, alpha=0.3)
-                if row == 0:
-                    ax.set_title(lora)
-                if col == 0:
-                    ax.set_ylabel(group[0] if len(group) == 1 else "score (0..1)")
-                if part is None:
-                    ax.text(0.5, 0.5, "no scores", ha="center", va="center", transform=ax.transAxes)
-                    continue
-                for metric in group:
-                    _draw_metric(ax, part[part["metric"] == metric], metric, colours[metric])
-                if row == len(groups) - 1:
-                    kinds = set(part["kind"])
-                    ax.set_xlabel("epoch" if kinds == {"epoch"} else "training step")
-        handles, labels = [], []
-        for ax in axes.flat:
-            for handle, label in zip(*ax.get_legend_handles_labels()):
-                if label not in labels:
-                    handles.append(handle)
-                    labels.append(label)
-        if handles:
-            anchor = (1 - (legend_width - _LEGEND_PAD) / width, 0.5)
-            fig.legend(handles, labels, loc="center left", bbox_to_anchor=anchor, frameon=False)
-        buffer = io.StringIO()
-        fig.savefig(buffer, format="svg", metadata={"Date": None})
-    svg = _METADATA.sub("", _XML_PROLOGUE.sub("", buffer.getvalue(), count=1))
-    return svg.strip()
-
-
-def _draw_metric(ax, data: pd.DataFrame, metric: str, colour) -> None:
-    if data.empty:
-        return
-    # Line2D markers, not scatter(): the same dots at a fraction of the cost in the SVG backend
-    ax.plot(data["step"], data["value"], linestyle="none", marker="o", markersize=3.5, markeredgewidth=0,
-            color=colour, alpha=0.5)
-    rolling = rolling_mean(data)
-    ax.plot(rolling.index, rolling.values, color=colour, linewidth=1.5, label=metric)
-
-
 def rolling_mean(data: pd.DataFrame, window: int = ROLLING_WINDOW) -> pd.Series:
     """Mean per step (over seeds and repeats), then a trailing rolling mean over `window` steps.
 
@@ -147,3 +84,134 @@ def rolling_mean(data: pd.DataFrame, window: int = ROLLING_WINDOW) -> pd.Series:
     """
     per_step = data.groupby("step")["value"].mean().sort_index()
     return per_step.rolling(window, min_periods=1).mean()
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round tick values (1, 2, 2.5 or 5 times a power of ten) covering [low, high]."""
+    if not math.isfinite(low) or not math.isfinite(high):
+        return []
+    if high <= low:
+        return [low]
+    raw = (high - low) / max(1, count - 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.ceil(low / step - 1e-9) * step
+    ticks = []
+    value = first
+    while value <= high + step * 1e-9:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+def _label(value: float) -> str:
+    return f"{value:g}" if abs(value) < 1e5 else f"{value:.3g}"
+
+
+def trend_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[TrendPlot]:
+    """One figure for all prompts together, then one per prompt; empty when nothing has a value."""
+    frame = score_frame(rows)
+    if frame.empty:
+        return []
+    groups = metric_groups(frame, metrics)
+    colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(metrics)}
+    loras = sorted(frame["loraname"].unique())
+    x_range = (float(frame["step"].min()), float(frame["step"].max()))
+    y_ranges = [_y_range(frame[frame["metric"].isin(group)]["value"]) for group in groups]
+    template = _environment().get_template("trend.svg.j2")
+    x_label = "epoch" if set(frame["kind"]) == {"epoch"} else "training step"
+
+    def figure(data: pd.DataFrame, label: str) -> str:
+        panels = _panels(data, loras, groups, colours, x_range, y_ranges, x_label)
+        legend = [(m, colours[m]) for group in groups for m in group]
+        width = LEFT + len(loras) * (PANEL_W + GAP) + 36 + CHAR_W * max(len(m) for m, _ in legend)
+        height = TOP + len(groups) * (PANEL_H + GAP) + BOTTOM
+        return template.render(
+            width=round(width), height=height, panels=panels, legend=legend, panel_w=PANEL_W, panel_h=PANEL_H,
+            legend_x=LEFT + len(loras) * (PANEL_W + GAP) + 10, legend_y=TOP + 10, label=label,
+        ).strip()
+
+    # all prompts together: one point per step (the mean over prompts and seeds), so 1,000 images stay legible
+    means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False)["value"].mean()
+    plots = [TrendPlot(ALL_PROMPTS, figure(means, "all prompts: mean per step"))]
+    for prompt_id, subset in frame.groupby("prompt_id", sort=True):
+        plots.append(TrendPlot(str(prompt_id), figure(subset, f"prompt {prompt_id}")))
+    return plots
+
+
+def _y_range(values: pd.Series) -> tuple[float, float]:
+    low, high = float(values.min()), float(values.max())
+    if low >= 0 and high <= 1:
+        return 0.0, 1.0  # scores share the absolute 0..1 scale across figures
+    ticks = nice_ticks(low, high)
+    pad = (high - low) * 0.05 or 1.0
+    return min([low - pad, *ticks[:1]]), max([high + pad, *ticks[-1:]])
+
+
+def _panels(
+    data: pd.DataFrame,
+    loras: list[str],
+    groups: list[list[str]],
+    colours: dict[str, str],
+    x_range: tuple[float, float],
+    y_ranges: list[tuple[float, float]],
+    x_label: str,
+) -> list[Panel]:
+    x_low, x_high = x_range
+    x_pad = (x_high - x_low) * 0.03 or 1.0
+    x_low, x_high = x_low - x_pad, x_high + x_pad
+    x_tick_values = [t for t in nice_ticks(x_low, x_high) if x_low <= t <= x_high]
+    by_lora = {name: part for name, part in data.groupby("loraname")}
+    panels = []
+    for row, (group, (y_low, y_high)) in enumerate(zip(groups, y_ranges)):
+        y_tick_values = [t for t in nice_ticks(y_low, y_high) if y_low - 1e-9 <= t <= y_high + 1e-9]
+        for col, lora in enumerate(loras):
+            left, top = LEFT + col * (PANEL_W + GAP), TOP + row * (PANEL_H + GAP)
+
+            def sx(value: float) -> float:
+                return round(left + (value - x_low) / (x_high - x_low) * PANEL_W, 1)
+
+            def sy(value: float) -> float:
+                return round(top + PANEL_H - (value - y_low) / (y_high - y_low) * PANEL_H, 1)
+
+            bottom_row = row == len(groups) - 1
+            panel = Panel(
+                x=left, y=top,
+                title=lora if row == 0 else None,
+                x_label=x_label if bottom_row else None,
+                y_label=(group[0] if len(group) == 1 else "score (0..1)") if col == 0 else None,
+                x_ticks=[(sx(t), _label(t) if bottom_row else "") for t in x_tick_values],
+                y_ticks=[(sy(t), _label(t) if col == 0 else "") for t in y_tick_values],
+            )
+            part = by_lora.get(lora)
+            if part is None:
+                panel.empty = True
+            else:
+                for metric in group:
+                    subset = part[part["metric"] == metric]
+                    if subset.empty:
+                        continue
+                    rolling = rolling_mean(subset)
+                    panel.series.append(Series(
+                        metric, colours[metric],
+                        points=[(sx(s), sy(v)) for s, v in zip(subset["step"], subset["value"])],
+                        line=[(sx(s), sy(v)) for s, v in rolling.items()],
+                    ))
+            panels.append(panel)
+    return panels
+
+
+_ENV: Environment | None = None
+
+
+def _environment() -> Environment:
+    global _ENV
+    if _ENV is None:
+        _ENV = Environment(
+            loader=FileSystemLoader(Path(__file__).parent / "templates"),
+            autoescape=True,
+            undefined=StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+    return _ENV

@@ -184,7 +184,7 @@ class CallRunner:
             outcome.problems = {key: stop.reason or "not sent" for key in plan.keys}
             return outcome
         problems: dict[str, str] = {}
-        for attempt in range(self.settings.answer_retries + 1):
+        for _ in range(self.settings.answer_retries + 1):
             try:
                 response, attempts = call_with_retries(
                     lambda: self._send(plan, messages),
