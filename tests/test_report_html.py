@@ -331,3 +331,18 @@ def test_many_thumbnails_are_made_in_worker_processes(tmp_path: Path, monkeypatc
         with Image.open(made[key].path) as thumb:
             assert thumb.format == "JPEG" and thumb.size == (48, 48)
     assert made["case-broken"].path is None and "cannot decode" in made["case-broken"].problem
+
+
+def test_report_config_section_is_validated(tmp_path: Path) -> None:
+    from lora_harness.config import ConfigError, load_config
+
+    (tmp_path / "samples").mkdir()
+    config = tmp_path / "lora_eval.toml"
+    config.write_text('[[sources]]\npath = "samples"\n\n[[judges]]\nname = "image_stats"\n\n[report]\nimages = "inline"\nthumbnail_px = 8\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert "report.images" in str(error.value) and "'embed' or 'link'" in str(error.value)
+    assert "report.thumbnail_px" in str(error.value) and "greater than or equal to 32" in str(error.value)
+    config.write_text('[[sources]]\npath = "samples"\n\n[[judges]]\nname = "image_stats"\n\n[report]\nimage = "link"\n')
+    with pytest.raises(ConfigError, match="did you mean 'images'"):
+        load_config(config)

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
@@ -196,7 +195,3 @@ def check_choice(judge: str, key: str, value: Any, choices: Sequence[str]) -> st
     if value not in choices:
         raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected one of {', '.join(choices)}")
     return str(value)
-
-
-def finite_or_none(value: float) -> float | None:
-    return float(value) if math.isfinite(value) else None
