@@ -213,7 +213,7 @@ class Harness:
         """A generated case's image is made (or taken from the cache) before it is read; its whole checkpoint
         at once, so a worker applies each LoRA once. Failures raise ImageError (CaseGenerationError)."""
         if isinstance(case, GeneratedCase):
-            self.generator().materialize(case, self.cases_of(Checkpoint.of(case)))
+            self.generator().materialize(case, lambda: self.cases_of(Checkpoint.of(case)))
 
     def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
         """fsync one judge's scores for a batch before the next judge runs."""

@@ -65,6 +65,7 @@ def test_hub_offline_reads_the_environment_each_time(monkeypatch: pytest.MonkeyP
     assert hub_offline() is offline
 
 
+@pytest.mark.slow
 def test_a_cached_hub_model_loads_offline_from_its_snapshot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from tiny_models import put_in_hub_cache, save_tiny_vit
@@ -124,6 +125,7 @@ def test_cached_builds_once_per_key() -> None:
     assert len(built) == 2
 
 
+@pytest.mark.slow
 def test_importing_the_package_imports_no_model_library() -> None:
     code = (
         "import sys, lora_harness, lora_harness.judges, lora_harness.harness, lora_harness.plugin;"
@@ -210,6 +212,7 @@ def test_an_available_judge_failing_a_threshold_still_fails_before_any_skip(tmp_
         Gate(harness).check_image(harness.cases[0])
 
 
+@pytest.mark.slow
 def test_a_model_of_the_wrong_kind_fails_the_cases_with_its_message(tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from tiny_models import save_tiny_bert
@@ -225,6 +228,7 @@ def test_a_model_of_the_wrong_kind_fails_the_cases_with_its_message(tmp_path: Pa
         Gate(harness).check_image(harness.cases[0])
 
 
+@pytest.mark.slow
 def test_face_identity_scores_the_demo_and_a_faceless_image_is_missing_not_zero(tmp_path: Path) -> None:
     pytest.importorskip("dlib")
     path = write_config(tmp_path, '\n[[judges]]\nname = "face_identity"\n', "\n[thresholds.face_identity_max]\nimage = 0.9\n")

@@ -57,7 +57,21 @@ def test_verdicts_follow_the_gate_rules_and_failures_come_first(tmp_path: Path) 
     assert checkpoints["lora-r4-step000600"].gated and checkpoints["lora-r4-step000600"].status == "pass"
     assert view.judges == {"clip": ["2"], "llm": ["2"]}
     assert view.models == ["clip-vit-base-patch16", "gpt-4o"]
-    assert view.cost == pytest.approx(0.12)
+    assert view.cost.usd == pytest.approx(0.12)
+
+
+def test_cost_counts_each_api_call_once_and_says_what_is_unpriced() -> None:
+    call = {"id": "c1", "model": "gpt-4o", "prompt_tokens": 1000, "completion_tokens": 50, "cost_usd": 0.003, "cached": False}
+    rows = [  # one call answered two criteria; a cached answer; a call without a price
+        make_row(metric="eval_person_llm", raw={"calls": [call]}),
+        make_row(metric="eval_same_person_llm", raw={"calls": [call]}),
+        make_row(step=400, raw={"calls": [{**call, "id": "c2", "cached": True}]}),
+        make_row(step=600, raw={"calls": [{**call, "id": "c3", "cost_usd": None}]}),
+    ]
+    cost = build_view(rows).cost
+    assert (cost.usd, cost.calls, cost.cached, cost.unpriced) == (pytest.approx(0.003), 2, 1, 1)
+    assert (cost.prompt_tokens, cost.completion_tokens) == (2000, 100)
+    assert build_view([make_row()]).cost.usd is None
 
 
 def test_gated_failure_is_fail_and_gate_best_is_resolved_from_scores(tmp_path: Path) -> None:

@@ -52,6 +52,8 @@ class ImageGenerator:
         self._ready: dict[Path, str] = {}  # image path -> key digest, known good in this process
         self._failed: dict[str, str] = {}
         self._warned: set[str] = set()
+        self._keys: dict[GeneratedCase, CacheKey] = {}
+        self._identity: dict[str, Any] | None = None
 
     # --- lazily built state ------------------------------------------------------------------------------------
 
@@ -100,34 +102,46 @@ class ImageGenerator:
 
     def pipeline_identity(self) -> dict[str, Any]:
         """The part of every cache key that describes the base pipeline (no model load needed)."""
-        target = self.target()
-        return {
-            "class": self.config.class_name,
-            "model": model_identity(self.config.model, self.config.revision),
-            "variant": self.config.variant,
-            "dtype": target.dtype,
-            "device_type": target.device_type,
-        }
+        if self._identity is None:
+            target = self.target()
+            self._identity = {
+                "class": self.config.class_name,
+                "model": model_identity(self.config.model, self.config.revision),
+                "variant": self.config.variant,
+                "dtype": target.dtype,
+                "device_type": target.device_type,
+            }
+        return self._identity
 
     # --- cases ---------------------------------------------------------------------------------------------------
 
-    def materialize(self, case: GeneratedCase, batch: Sequence[EvalCase] = ()) -> Path:
+    def materialize(
+        self, case: GeneratedCase, batch: Sequence[EvalCase] | Callable[[], Sequence[EvalCase]] = ()
+    ) -> Path:
         """The case's image file, reused from the cache or generated; the rest of `batch` (its checkpoint) too.
 
-        Raises CaseGenerationError for this case only; other cases of the batch keep their own outcome.
+        `batch` may be a function, called only when the case's image is not known good yet (so a caller can
+        pass its checkpoint lookup without paying for it on every image). Raises CaseGenerationError for
+        this case only; other cases of the batch keep their own outcome.
         """
         if case.key in self._failed:
             raise CaseGenerationError(self._failed[case.key])
-        todo = [case] + [c for c in batch if isinstance(c, GeneratedCase) and c.key != case.key and c.key not in self._failed]
+        try:
+            if self._ready.get(case.image_path) == self._key(case).digest:
+                return case.image_path
+        except (GenerationError, OSError):
+            pass  # reported below, per case
+        siblings = batch() if callable(batch) else batch
+        todo = [case] + [c for c in siblings if isinstance(c, GeneratedCase) and c.key != case.key and c.key not in self._failed]
         missing: list[tuple[GeneratedCase, CacheKey]] = []
         try:
-            identity = self.pipeline_identity()
+            self.pipeline_identity()
         except GenerationError as exc:
             self._fail(todo, str(exc))
             raise CaseGenerationError(self._failed[case.key]) from None
         for item in todo:
             try:
-                key = case_key(item, pipeline=identity)
+                key = self._key(item)
             except OSError as exc:  # the LoRA file vanished or is unreadable
                 self._fail([item], f"cannot read LoRA file {item.lora}: {exc}")
                 continue
@@ -157,6 +171,12 @@ class ImageGenerator:
         if case.key in self._failed:
             raise CaseGenerationError(self._failed[case.key])
         return case.image_path
+
+    def _key(self, case: GeneratedCase) -> CacheKey:
+        """The case's cache key, computed once per process (the LoRA file hash is memoized too)."""
+        if case not in self._keys:
+            self._keys[case] = case_key(case, pipeline=self.pipeline_identity())
+        return self._keys[case]
 
     def _fail(self, cases: Sequence[GeneratedCase], message: str) -> None:
         for item in cases:

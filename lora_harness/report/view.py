@@ -141,7 +141,7 @@ class ReportView:
     thresholds: dict[str, Threshold]
     judges: dict[str, list[str]]
     models: list[str]
-    cost: float | None
+    cost: "Cost"
     has_thresholds: bool
 
 
@@ -186,19 +186,11 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
     )
     judges: dict[str, set[str]] = defaultdict(set)
     models: set[str] = set()
-    cost = 0.0
-    has_cost = False
     for row in rows:
         judges[row.judge].add(row.judge_version)
         for key in MODEL_KEYS:
             if isinstance(row.raw.get(key), str):
                 models.add(redactor.text(row.raw[key]))
-        for key in COST_KEYS:
-            value = row.raw.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                cost += float(value)
-                has_cost = True
-                break
     return ReportView(
         metrics=metrics,
         cases=cases,
@@ -212,9 +204,56 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         thresholds=thresholds,
         judges={k: sorted(v) for k, v in sorted(judges.items())},
         models=sorted(models),
-        cost=cost if has_cost else None,
+        cost=cost_of(rows),
         has_thresholds=any(t.image is not None or t.checkpoint is not None for t in thresholds.values()),
     )
+
+
+@dataclass
+class Cost:
+    """What the judges' API calls cost, as they reported it (None: no judge reported any cost)."""
+
+    usd: float | None = None
+    calls: int = 0
+    cached: int = 0
+    unpriced: int = 0  # calls without a price (the judge was not given one)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def cost_of(rows: Iterable[ScoreRow]) -> Cost:
+    """Sum of reported costs. LLM judges list their API calls in `raw["calls"]`; one call can answer several
+    metrics, so calls count once by id. Other judges may report `raw["cost_usd"]` (or `cost`) per score."""
+    cost = Cost()
+    seen: set[object] = set()
+    for row in rows:
+        calls = row.raw.get("calls")
+        if isinstance(calls, list):
+            for index, call in enumerate(calls):
+                if not isinstance(call, Mapping):
+                    continue
+                key = call.get("id") or (row.case_key, row.metric, index)
+                if key in seen:
+                    continue
+                seen.add(key)
+                if call.get("cached"):
+                    cost.cached += 1
+                    continue
+                cost.calls += 1
+                cost.prompt_tokens += int(call.get("prompt_tokens") or 0)
+                cost.completion_tokens += int(call.get("completion_tokens") or 0)
+                value = call.get("cost_usd")
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    cost.usd = (cost.usd or 0.0) + float(value)
+                else:
+                    cost.unpriced += 1
+            continue
+        for key in COST_KEYS:
+            value = row.raw.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                cost.usd = (cost.usd or 0.0) + float(value)
+                break
+    return cost
 
 
 def _counts(statuses: Iterable[str]) -> dict[str, int]:

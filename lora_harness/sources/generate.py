@@ -15,7 +15,7 @@ file's inline options (`--w --h --d --s --l --g --n`), then the pipeline's own d
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
 
@@ -109,8 +109,8 @@ class GeneratedCase(EvalCase):
     and `seed`, so reports show exactly what the image was asked for.
     """
 
-    lora: Path | None = field(default=None, compare=False)
-    lora_scale: float = field(default=1.0, compare=False)
+    lora: Path | None = None
+    lora_scale: float = 1.0
 
     @property
     def is_baseline(self) -> bool:
