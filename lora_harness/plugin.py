@@ -514,7 +514,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         choices = choose_best(means_from_rows(latest_rows(rows)), eval_config.best) if spec == "best" or eval_config.best else {}
         best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}
         gated = {(c.loraname, step_label(c.training_step, c.step_kind)) for c in gated_checkpoints(checkpoints, spec, best=best)}
-        tr.write_line(format_table(summarize(latest_rows(rows), eval_config.thresholds), gated))
+        tr.write_line(format_table(summarize(latest_rows(rows), eval_config.thresholds, eval_config.stats), gated))
         for choice in choices.values():
             tr.write_line(choice.describe())
         for line in llm_cost_lines(rows):  # tokens and cost of LLM judges (each API call counted once)

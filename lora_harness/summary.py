@@ -7,7 +7,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from lora_harness.config import Threshold
+from lora_harness.config import StatsConfig, Threshold
+from lora_harness.gates import checkpoint_findings
 from lora_harness.report.csv import metric_order, step_label
 from lora_harness.store import ScoreRow
 
@@ -21,10 +22,12 @@ class MetricSummary:
     n: int
     failures: int  # images under the per-image minimum
     errors: int  # images the judge could not score (error set); value None without error is "missing"
-    checkpoint_ok: bool | None  # mean vs the per-checkpoint minimum; None when no such threshold
+    checkpoint_ok: bool | None  # the checkpoint test's verdict for this metric; None when no such threshold
 
 
-def summarize(rows: Iterable[ScoreRow], thresholds: Mapping[str, Threshold]) -> list[MetricSummary]:
+def summarize(
+    rows: Iterable[ScoreRow], thresholds: Mapping[str, Threshold], stats: StatsConfig | None = None
+) -> list[MetricSummary]:
     groups: dict[tuple[str, str, int, str], list[ScoreRow]] = defaultdict(list)
     for row in rows:
         groups[(row.loraname, row.step_kind, row.training_step, row.metric)].append(row)
@@ -45,7 +48,10 @@ def summarize(rows: Iterable[ScoreRow], thresholds: Mapping[str, Threshold]) -> 
                 n=len(values),
                 failures=sum(1 for v in values if threshold.image is not None and v < threshold.image),
                 errors=sum(1 for r in group if r.error is not None),
-                checkpoint_ok=None if threshold.checkpoint is None or mean is None else mean >= threshold.checkpoint,
+                # the same rule as the checkpoint test (mean or CI lower bound), so table and verdict agree
+                checkpoint_ok=None
+                if threshold.checkpoint is None or mean is None
+                else not checkpoint_findings({metric: values}, {metric: threshold}, stats),
             )
         )
     return out

@@ -244,3 +244,14 @@ def test_mean_ci_is_reproducible_by_seed_and_narrower_at_lower_confidence():
     assert (a.low, a.high) != (c.low, c.high)
     narrow = mean_ci(values, n_resamples=500, seed=7, confidence=0.5)
     assert a.low < narrow.low < narrow.high < a.high
+
+
+def test_summary_verdict_follows_the_ci_low_rule_like_the_checkpoint_test():
+    """Mean 0.6 passes a 0.5 minimum, but the CI's lower bound (0.2 with these values) does not."""
+    rows = [make_row("lora", 800, f"{i:02d}", "m", v) for i, v in enumerate([0.2, 1.0, 0.2, 1.0, 0.6])]
+    on_mean = summarize(rows, {"m": Threshold(checkpoint=0.5)})[0]
+    on_ci_low = summarize(rows, {"m": Threshold(checkpoint=0.5, on="ci_low")})[0]
+    assert on_mean.mean == pytest.approx(0.6)
+    assert on_mean.checkpoint_ok is True
+    assert on_ci_low.checkpoint_ok is False
+    assert checkpoint_findings({"m": [0.2, 1.0, 0.2, 1.0, 0.6]}, {"m": Threshold(checkpoint=0.5, on="ci_low")})
