@@ -3,6 +3,7 @@
 `pytest evals --snapshot-update` stores each gated checkpoint's aggregate scores under `__snapshots__/`;
 later runs fail when a metric mean drops beyond its `[snapshot]` tolerance. `test_baseline` runs once per
 gated candidate checkpoint and metric when `[baseline]` is configured, and is skipped (saying so) otherwise.
+`test_pairwise` runs when an `llm_pairwise` judge is configured (a vision-LLM endpoint), else skips saying how.
 """
 
 
@@ -14,3 +15,8 @@ def test_snapshot(lora_checkpoint_summary, snapshot_lora):
 def test_baseline(lora_baseline_comparison):
     """Non-inferior to the baseline: the paired CI's lower bound is above -margin."""
     lora_baseline_comparison.check()
+
+
+def test_pairwise(lora_pairwise_comparison):
+    """A vision-LLM prefers the candidate at least as often as the baseline (both image orders asked)."""
+    lora_pairwise_comparison.check()
