@@ -146,6 +146,7 @@ class ModelSource:
     spec: str
     local: Path | None = None
     hub_id: str | None = None
+    missing_folder: Path | None = None  # where `spec` would be as a folder (it is not there): for messages
 
     @property
     def key(self) -> str:
@@ -186,7 +187,7 @@ def resolve_source(spec: str, *, judge: str, option: str = "model", base_dir: Pa
             f"{judge}: model folder {str(path)!r} (option {option!r}) does not exist; download the model "
             f"there (e.g. `hf download <hub id> --local-dir {path}`) or set {option!r} to a hub id"
         )
-    return ModelSource(spec, hub_id=spec)
+    return ModelSource(spec, hub_id=spec, missing_folder=path.resolve())
 
 
 def load_pretrained(
@@ -213,7 +214,7 @@ def load_pretrained(
         elif hub_offline():
             raise ModelUnavailable(
                 f"{judge}: hub model {source.hub_id!r} is not in the Hugging Face cache ({hub_cache_dir()}) and "
-                f"HF_HUB_OFFLINE is set; {_download_hint(source.hub_id)}"
+                f"HF_HUB_OFFLINE is set; {_download_hint(source)}"
             )
     try:
         return loader(target, **kwargs)
@@ -221,7 +222,7 @@ def load_pretrained(
         if source.hub_id is not None:
             raise ModelUnavailable(
                 f"{judge}: cannot load {what} of hub model {source.hub_id!r} ({_first_line(exc)}); "
-                f"{_download_hint(source.hub_id)}"
+                f"{_download_hint(source)}"
             ) from None
         raise ModelError(f"{judge}: cannot load {what} from {source.describe()}: {_first_line(exc)}") from None
     except (ValueError, KeyError, TypeError) as exc:
@@ -230,11 +231,14 @@ def load_pretrained(
         ) from None
 
 
-def _download_hint(hub_id: str) -> str:
-    return (
-        f"download it on a machine with network (`hf download {hub_id}`) and copy the Hugging Face cache "
-        f"here, or save the model to a folder and set the judge's model option to that folder"
+def _download_hint(source: ModelSource) -> str:
+    hint = (
+        f"download it on a machine with network (`hf download {source.hub_id}`) and copy the Hugging Face "
+        f"cache here, or save the model to a folder and set the judge's model option to that folder"
     )
+    if source.missing_folder is not None:
+        hint += f" (read as a hub id because no folder {source.missing_folder} exists)"
+    return hint
 
 
 def hub_cache_dir() -> Path:

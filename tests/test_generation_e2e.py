@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
+from lora_harness.generation.cache import read_log  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_TEST = (REPO / "evals" / "test_lora.py").read_text()
@@ -90,22 +91,20 @@ def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def events(run_dir: Path) -> list[dict]:
-    lines = []
-    for path in sorted((run_dir / "images").glob("generation.*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return lines
+    """Every worker's generation log, oldest first."""
+    return read_log(run_dir / "images")
 
 
 def test_generate_judge_csv_then_a_rerun_reuses_every_image(pytester: pytest.Pytester, assets, monkeypatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a shared 2-core machine: one thread per worker process
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a shared 2-core machine: one thread per process
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     write_suite(pytester.path, assets)
     run_dir = pytester.path / "reports" / "gen"
 
-    first = run(pytester, "-n", "2", "-W", "always::UserWarning")
+    first = run(pytester, "-W", "always::UserWarning")
     # 2 checkpoints x 2 prompts x 1 seed images, 2 checkpoint tests, 2 fixture tests.
     first.assert_outcomes(passed=8)
-    first.stdout.fnmatch_lines(["*no GPU visible to torch: worker gw* generates on the CPU*"])
+    first.stdout.fnmatch_lines(["*no GPU visible to torch: worker main generates on the CPU*"])
     images = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "images").rglob("*.png"))
     assert images == [
         "images/tiny-person/tiny-person_e000001_00_11.png", "images/tiny-person/tiny-person_e000001_01_12.png",
@@ -116,21 +115,25 @@ def test_generate_judge_csv_then_a_rerun_reuses_every_image(pytester: pytest.Pyt
     assert set(wide["training_step"]) == {"e000001", "e000002"} and set(wide["prompt_id"]) == {"00", "01"}
     assert set(wide["seed"]) == {"11", "12"} and wide["spectral_score"].notna().all()
     assert {Path(p).name for p in wide["image"]} == {Path(p).name for p in images}
-    generated = [e for e in events(run_dir) if e["event"] == "image"]
-    assert sorted(e["action"] for e in generated) == ["generated"] * 4
-    # Each checkpoint's LoRA was applied once, by the worker that generated all of that checkpoint's images.
-    sweep_loads = [e for e in events(run_dir) if e["event"] == "lora" and "tiny-person" in e["file"]]
-    assert sorted(Path(e["file"]).name for e in sweep_loads) == ["tiny-person-000001.safetensors", "tiny-person-000002.safetensors"]
-    for load in sweep_loads:
-        step = "e00000" + Path(load["file"]).stem[-1]
-        assert {e["worker"] for e in generated if f"_{step}_" in e["image"]} == {load["worker"]}
+    log = events(run_dir)
+    assert sorted(e["action"] for e in log if e["event"] == "image") == ["generated"] * 4
+    assert [e["event"] for e in log].count("pipeline") == 1
+    # Each checkpoint's LoRA was applied once, before all of that checkpoint's images (then the next one).
+    sweep = [(e["event"], Path(e.get("file") or e.get("image")).name) for e in log
+             if e["event"] == "image" or "tiny-person" in e.get("file", "")]
+    assert [name for _, name in sweep] == [
+        "tiny-person-000001.safetensors", "tiny-person_e000001_00_11.png", "tiny-person_e000001_01_12.png",
+        "tiny-person-000002.safetensors", "tiny-person_e000002_00_11.png", "tiny-person_e000002_01_12.png",
+    ]
 
+    # The rerun (two xdist workers) judges again from the cache: no pipeline, no LoRA, no image made.
     mtimes = {p: p.stat().st_mtime_ns for p in (run_dir / "images").rglob("*.png")}
     before = len(events(run_dir))
-    second = run(pytester, "test_lora.py")
+    second = run(pytester, "test_lora.py", "-n", "2")
     second.assert_outcomes(passed=6)
     new = events(run_dir)[before:]
-    assert sorted((e["event"], e["action"]) for e in new) == [("image", "reused")] * 4  # no pipeline, no LoRA, no image made
+    assert sorted((e["event"], e["action"]) for e in new) == [("image", "reused")] * 4
+    assert {e["worker"] for e in new} <= {"gw0", "gw1"}
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "images").rglob("*.png")} == mtimes
     stored = [json.loads(line) for path in (run_dir / "scores").glob("*.jsonl") for line in path.read_text().splitlines() if line]
     assert len({row["run_id"] for row in stored}) == 2  # the rerun re-judged the cached images; both runs' rows kept

@@ -268,3 +268,19 @@ def test_cpu_threads_are_shared_among_xdist_workers(monkeypatch: pytest.MonkeyPa
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="option 'threads' = -1 is invalid"):
         check_threads_spec(-1, judge="dino")
+
+
+def test_a_relative_folder_that_is_missing_is_named_in_the_hub_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from lora_harness.models import load_pretrained
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    source = resolve_source("models/clip", judge="clip_score")
+    assert source.hub_id == "models/clip"
+
+    def never(*args, **kwargs):
+        raise AssertionError("offline and not cached: the loader must not be called")
+
+    with pytest.raises(ModelUnavailable, match=r"not in the Hugging Face cache .*no folder .*models/clip exists"):
+        load_pretrained(never, source, judge="clip_score", what="a model")
