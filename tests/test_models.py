@@ -284,3 +284,22 @@ def test_a_relative_folder_that_is_missing_is_named_in_the_hub_message(monkeypat
 
     with pytest.raises(ModelUnavailable, match=r"not in the Hugging Face cache .*no folder .*models/clip exists"):
         load_pretrained(never, source, judge="clip_score", what="a model")
+
+
+def test_a_per_image_judge_without_its_model_raises_unavailable_through_judge_many():
+    """Only judges with judge_batch used to reach the harness's skip path; plain judges must too."""
+    import numpy as np
+
+    from lora_harness.cases import EvalCase, Prompt
+    from lora_harness.judges.base import JudgeContext, judge_many
+    from lora_harness.models import ModelUnavailable
+
+    class NoModel:
+        name, version, metrics = "no_model", "1", ["m"]
+
+        def judge(self, case, image, context):
+            raise ModelUnavailable("install the weights: see the README")
+
+    case = EvalCase("lora", 1, Prompt("00", "p"), Path("x.png"))
+    with pytest.raises(ModelUnavailable, match="install the weights"):
+        judge_many(NoModel(), [(case, np.zeros((4, 4, 3), np.uint8))], JudgeContext())

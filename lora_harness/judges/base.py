@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from lora_harness.cases import EvalCase
+from lora_harness.models import ModelUnavailable
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,8 @@ def judge_many(judge: Judge, items: Sequence[tuple[EvalCase, np.ndarray]], conte
     for case, image in items:
         try:
             results.append(judge.judge(case, image, context))
+        except ModelUnavailable:
+            raise  # the harness turns a missing model into skips with its reason, not per-case errors
         except Exception as exc:  # one bad case must not cost the others their scores
             results.append(error_scores(judge, f"{type(exc).__name__}: {exc}"))
     return results
