@@ -24,10 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lora_harness.report.build import report_run
-from lora_harness.report.html import BuildTimings, ReportOptions
-from lora_harness.report.manifest import RunManifest, write_manifest
-from lora_harness.store import ScoreRow, ScoreStore
+# lora_harness is imported inside the functions: thumbnail worker processes (spawn) re-import this script
+# as their main module, and a real run's main module (pytest, lora-harness) is light as well.
 
 LORAS = ("bench-lora-r4", "bench-lora-r32")
 STEPS = tuple(range(200, 10_200, 200))  # 50 checkpoints
@@ -56,11 +54,14 @@ def base_images(folder: Path, count: int = 20, size: int = 512) -> list[Path]:
 
 
 def make_run(root: Path) -> tuple[Path, int, int]:
+    from lora_harness.report.manifest import RunManifest, write_manifest
+    from lora_harness.store import ScoreRow, ScoreStore
+
     samples, run_dir = root / "samples", root / "reports" / "bench"
     samples.mkdir(parents=True)
     bases = base_images(samples)
     rng = np.random.default_rng(1)
-    rows: list[ScoreRow] = []
+    rows: list = []
     images = 0
     for li, lora in enumerate(LORAS):
         for si, step in enumerate(STEPS):
@@ -97,8 +98,11 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def timed_build(run_dir: Path, options: ReportOptions) -> tuple[float, float, float, BuildTimings, Path]:
+def timed_build(run_dir: Path, options) -> tuple:
     """Wall seconds, CPU seconds of this process (all threads) and of its worker processes, for one build."""
+    from lora_harness.report.build import report_run
+    from lora_harness.report.html import BuildTimings
+
     timings = BuildTimings()
     started, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
     files = report_run(run_dir, options=options, timings=timings)
@@ -115,6 +119,8 @@ def main() -> int:
         started = time.perf_counter()
         run_dir, n_rows, n_images = make_run(root)
         print(f"synthetic run: {n_rows} rows, {n_images} images ({time.perf_counter() - started:.1f} s to generate)")
+        from lora_harness.report.html import ReportOptions
+
         options = ReportOptions(images=args.images)
         load_before = os.getloadavg()[0]
         cold, cold_cpu, cold_workers, cold_phases, html = timed_build(run_dir, options)

@@ -17,7 +17,7 @@ from lora_harness.gates import gated_checkpoints
 from lora_harness.config import EvalConfig
 from lora_harness.report.csv import write_score_csvs
 from lora_harness.report.from_csv import rows_from_csvs
-from lora_harness.report.html import BuildTimings, ReportOptions, build_html_report
+from lora_harness.report.html import BuildTimings, ReportOptions, build_html_report, start_report_thumbnails
 from lora_harness.report.view import Rules
 from lora_harness.report.manifest import new_session, now_iso, read_manifest, record_session
 from lora_harness.store import ScoreRow, latest_rows, read_rows
@@ -60,6 +60,9 @@ def report_run(
     if not rows:
         raise ReportError(f"no scores under {run_dir / 'scores'}; is this a run folder (reports/<run name>)?")
     manifest = read_manifest(run_dir)
+    if options is None:
+        options = ReportOptions.of(manifest.report) if manifest else ReportOptions()
+    thumbnails = start_report_thumbnails(rows, out_dir, options)  # decoded meanwhile, in other processes
     wide = long = None
     if write_csv:
         wide, long = write_score_csvs(list(rows), out_dir)
@@ -72,6 +75,7 @@ def report_run(
         rules=rules,
         options=options,
         timings=timings,
+        thumbnails=thumbnails,
     )
     return ReportFiles(len(rows), html, wide, long)
 

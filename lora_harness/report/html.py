@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
@@ -23,7 +23,7 @@ from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.report.manifest import RunManifest, library_versions
 from lora_harness.report.plots import ALL_PROMPTS, trend_plots
 from lora_harness.report.redact import Redactor
-from lora_harness.report.thumbs import Thumbnail, build_thumbnails
+from lora_harness.report.thumbs import Thumbnail, start_thumbnails
 from lora_harness.report.view import ReportView, Rules, build_view
 from lora_harness.store import ScoreRow
 
@@ -86,6 +86,7 @@ def build_html_report(
     rules: Rules | None = None,
     options: ReportOptions | None = None,
     timings: BuildTimings | None = None,
+    thumbnails: "Future[dict[str, Thumbnail]] | None" = None,
 ) -> Path:
     """Write `out_dir/report.html` (and thumbnails under `out_dir/thumbs/`); returns the report's path.
 
@@ -100,23 +101,20 @@ def build_html_report(
         rules = Rules.of_manifest(manifest) if manifest is not None else Rules()
     redactor = Redactor()
 
-    # Thumbnails decode in threads (Pillow releases the GIL) while this thread builds the view and plots.
-    images_of = {row.case_key: row.image for row in rows}
-    with ThreadPoolExecutor(max_workers=1) as background:
-        pending = background.submit(
-            build_thumbnails, images_of.items(), out_dir, options.thumbnail_px, pixel_limit=options.pixel_limit
-        )
-        started = time.perf_counter()
-        view = build_view(rows, rules, redactor=redactor)
-        timings.phases["view"] = time.perf_counter() - started
+    # Thumbnails are made in the background (worker processes) while this process builds the view and plots.
+    if thumbnails is None:
+        thumbnails = start_report_thumbnails(rows, out_dir, options)
+    started = time.perf_counter()
+    view = build_view(rows, rules, redactor=redactor)
+    timings.phases["view"] = time.perf_counter() - started
 
-        started = time.perf_counter()
-        plots = trend_plots(rows, view.metrics)
-        timings.phases["plots"] = time.perf_counter() - started
+    started = time.perf_counter()
+    plots = trend_plots(rows, view.metrics)
+    timings.phases["plots"] = time.perf_counter() - started
 
-        started = time.perf_counter()
-        images = _image_refs(view, out_dir, options, pending.result())
-        timings.phases["thumbnails (after overlap)"] = time.perf_counter() - started
+    started = time.perf_counter()
+    images = _image_refs(view, out_dir, options, thumbnails.result())
+    timings.phases["waiting for thumbnails"] = time.perf_counter() - started
 
     started = time.perf_counter()
     prompts = {case.prompt_id: case.prompt for case in view.cases if case.prompt}
@@ -141,6 +139,14 @@ def build_html_report(
     tmp.replace(path)
     timings.phases["render"] = time.perf_counter() - started
     return path
+
+
+def start_report_thumbnails(
+    rows: Sequence[ScoreRow], out_dir: Path, options: ReportOptions
+) -> "Future[dict[str, Thumbnail]]":
+    """Start making the thumbnails a report of these rows needs (pass the future to build_html_report)."""
+    images = {row.case_key: row.image for row in rows}
+    return start_thumbnails(images.items(), out_dir, options.thumbnail_px, pixel_limit=options.pixel_limit)
 
 
 def _verdict(view: ReportView) -> str:

@@ -12,7 +12,7 @@ import base64
 import os
 import warnings
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
@@ -113,8 +113,9 @@ def build_thumbnails(
             results[key] = Thumbnail(key, target)
         else:
             todo.append((key, source, target))
-    workers = processes if processes is not None else (os.cpu_count() or 1)
-    if len(todo) < PROCESS_THRESHOLD or workers < 2:
+    # one core stays with the report's own work (view, plots, HTML), which runs meanwhile
+    workers = processes if processes is not None else max(1, (os.cpu_count() or 1) - 1)
+    if len(todo) < PROCESS_THRESHOLD or workers < 1:
         made = [_make(key, source, target, max_px, pixel_limit) for key, source, target in todo]
     else:
         size = max(8, len(todo) // (workers * 4))
@@ -123,3 +124,13 @@ def build_thumbnails(
             made = [t for batch in pool.map(_make_batch, batches, repeat(max_px), repeat(pixel_limit)) for t in batch]
     results.update((thumb.key, thumb) for thumb in made)
     return results
+
+
+def start_thumbnails(
+    items: Iterable[tuple[str, str]], run_dir: Path, max_px: int, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT
+) -> "Future[dict[str, Thumbnail]]":
+    """`build_thumbnails` in the background; the caller does other work and takes `.result()` later."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-harness-thumbnails")
+    future = executor.submit(build_thumbnails, list(items), run_dir, max_px, pixel_limit=pixel_limit)
+    executor.shutdown(wait=False)  # the thread ends with its one job
+    return future
