@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from lora_harness.config import ConfigError, load_config
 from lora_harness.report.commands import add_report_commands
@@ -46,6 +47,77 @@ def _agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _hook_extra(args: argparse.Namespace) -> list[str]:
+    extra = ["--run-name", args.run_name] if args.run_name else []
+    extra += ["--report-dir", args.report_dir] if args.report_dir else []
+    return extra + list(args.pytest_args or [])
+
+
+def _eval_checkpoint(args: argparse.Namespace) -> int:
+    from lora_harness.training_hook import checkpoint_file, evaluate_checkpoint
+
+    checkpoint = Path(args.checkpoint)
+    try:
+        loraname = args.loraname
+        if loraname is None and (checkpoint.is_dir() or checkpoint_file(checkpoint).stem == "pytorch_lora_weights"):
+            loraname = (checkpoint if checkpoint.is_dir() else checkpoint.parent).parent.name  # <output>/checkpoint-N/
+        status = evaluate_checkpoint(
+            checkpoint, config=Path(args.config), step=args.step, suite=Path(args.suite), loraname=loraname,
+            extra=_hook_extra(args),
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if args.exit_zero else status
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from lora_harness.training_hook import WATCH_STATE, evaluate_checkpoint, run_dir_of, watch
+
+    config, suite = Path(args.config), Path(args.suite)
+    try:
+        state = run_dir_of(config, args.run_name) if not args.report_dir else Path(args.report_dir) / (args.run_name or run_dir_of(config, None).name)
+        count = watch(
+            Path(args.output_dir), config=config, suite=suite, state_file=state / WATCH_STATE,
+            # --once: two polls a few seconds apart, so a file still being written is left for the next run
+            interval=min(args.interval, 3.0) if args.once else args.interval, max_polls=2 if args.once else args.max_polls,
+            evaluate=lambda path: evaluate_checkpoint(path, config=config, step=None, suite=suite, extra=_hook_extra(args)),
+        )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    print(f"lora-harness watch: evaluated {count} checkpoint(s)")
+    return 0
+
+
+def _add_hook_commands(commands: Any) -> None:
+    """`eval-checkpoint` (SimpleTuner's --validation_external_script) and `watch` (kohya output folders)."""
+    for name, help_text in (
+        ("eval-checkpoint", "evaluate one checkpoint and append it to the run (SimpleTuner: --validation_external_script)"),
+        ("watch", "evaluate each new *.safetensors in a training output folder as it appears (kohya, fluxgym)"),
+    ):
+        cmd = commands.add_parser(name, help=help_text)
+        if name == "eval-checkpoint":
+            cmd.add_argument("--checkpoint", required=True, help="the LoRA .safetensors, or a checkpoint folder holding one")
+            cmd.add_argument("--step", type=int, help="training step of the checkpoint (SimpleTuner: {global_step})")
+            cmd.add_argument("--loraname", help="LoRA name in the run (default: the file's name; SimpleTuner: the output folder's)")
+            cmd.add_argument("--exit-zero", action="store_true", help="exit 0 even when a gate fails (keep the trainer going)")
+            cmd.set_defaults(func=_eval_checkpoint)
+        else:
+            cmd.add_argument("output_dir", help="the trainer's output folder (kohya --output_dir)")
+            cmd.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default 30)")
+            cmd.add_argument("--max-polls", type=int, help="stop after this many polls (default: until Ctrl-C)")
+            cmd.add_argument("--once", action="store_true", help="evaluate the finished files there now (two polls 3 s apart) and exit")
+            cmd.set_defaults(func=_watch)
+        cmd.add_argument("--config", required=True, help="the eval config (its generate sources give prompts and seeds)")
+        cmd.add_argument("--suite", default="evals", help="the eval suite to run (default: evals)")
+        cmd.add_argument("--run-name", help="the run to append to (default: run.name of the config)")
+        cmd.add_argument("--report-dir", help="override run.report_dir")
+        cmd.add_argument("pytest_args", nargs="*", help="extra pytest arguments after `--`, e.g. -- -n 2 -q")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lora-harness", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     agree.add_argument("--binary-threshold", type=float, default=0.5, help="judge value counted as 'yes' for 0/1 labels (default 0.5)")
     agree.add_argument("--json", help="also write the result as JSON here")
     agree.set_defaults(func=_agreement)
+    _add_hook_commands(commands)
     return parser
 
 

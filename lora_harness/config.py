@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator,
 )
 
+from lora_harness.checks.settings import LeakageConfig, MemorizationConfig, StrengthConfig
 from lora_harness.generation.settings import PipelineConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.sources.generate import GenerateSource
@@ -174,6 +175,9 @@ class EvalConfig(_Model):
     snapshot: SnapshotConfig = SnapshotConfig()
     best: BestConfig | None = None
     report: ReportConfig = ReportConfig()
+    leakage: LeakageConfig | None = None  # LoRA-specific checks (lora_harness.checks)
+    strength: StrengthConfig | None = None
+    memorization: MemorizationConfig | None = None
     path: Path | None = Field(None, exclude=True)  # where it was loaded from, for messages
 
     @model_validator(mode="after")
@@ -240,6 +244,9 @@ def _resolve_paths(config: EvalConfig, base: Path) -> EvalConfig:
             "pipeline": config.pipeline.resolved(base),
             "person": config.person.model_copy(update={"references": [resolve(r) for r in config.person.references]}),
             "baseline": config.baseline and config.baseline.model_copy(update={"run": resolve(config.baseline.run)}),
+            "memorization": config.memorization and config.memorization.model_copy(
+                update={"training_dir": resolve(config.memorization.training_dir)}
+            ),
         }
     )
 
@@ -270,6 +277,9 @@ _FIELDS_BY_SECTION = {
     "snapshot": SnapshotConfig.model_fields,
     "best": BestConfig.model_fields,
     "report": ReportConfig.model_fields,
+    "leakage": LeakageConfig.model_fields,
+    "strength": StrengthConfig.model_fields,
+    "memorization": MemorizationConfig.model_fields,
 }
 
 

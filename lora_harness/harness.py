@@ -15,6 +15,8 @@ import numpy as np
 from lora_harness.baseline import BaselinePlan
 from lora_harness.best_checkpoint import BestChoice, check_best_config, choose_best
 from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.checks.cases import expand_check_cases
+from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
@@ -38,6 +40,8 @@ class Harness:
         self.worker = worker
         self.worker_count = worker_count
         self.cases = collect_cases(config)
+        # Leakage / strength images (lora_harness.checks): judged and stored, but not under the thresholds.
+        self.check_cases = expand_check_cases(self.cases, config)
         self.checkpoints = sorted(
             {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
         )
@@ -59,6 +63,7 @@ class Harness:
         self._check_threshold_metrics()
         check_best_config(config.best, self.metrics)
         check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
+        check_checks_config(config, self.metrics)
         self.baseline = (
             None if config.baseline is None
             else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=config.stats)
@@ -82,7 +87,7 @@ class Harness:
             )
 
     def cases_of(self, checkpoint: Checkpoint) -> list[EvalCase]:
-        return [case for case in self.cases if Checkpoint.of(case) == checkpoint]
+        return [case for case in (*self.cases, *self.check_cases) if Checkpoint.of(case) == checkpoint]
 
     @property
     def gated(self) -> set[Checkpoint]:

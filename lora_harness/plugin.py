@@ -18,6 +18,8 @@ import pytest
 from lora_harness.baseline import BaselineError, Comparison
 from lora_harness.best_checkpoint import choose_best, means_from_rows
 from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.checks import targets as lora_checks
+from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.gate_check import Gate
 from lora_harness.gates import gated_checkpoints
@@ -63,6 +65,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--lora-progress", metavar="SECONDS", default="10",
         help="a judging progress line (checkpoints done, ETA) at most every SECONDS; 0: every checkpoint; off: none",
+    )
+    group.addoption(
+        "--lora-set", metavar="KEY=JSON", action="append", default=None,
+        help="override a config key with a JSON value, e.g. sources='[...]' (repeatable; used by `lora-harness eval-checkpoint`)",
     )
     parser.addini("lora_config", "default eval config path, relative to the rootdir", default="evals/lora_eval.toml")
 
@@ -175,6 +181,9 @@ def _overrides(config: pytest.Config) -> dict[str, Any]:
         overrides["gate.checkpoints"] = gate if gate in ("latest", "all", "best") else _steps(gate)
     if config.getoption("samples"):
         overrides["sources"] = [{"path": str(Path(p).resolve())} for p in config.getoption("samples")]
+    for item in config.getoption("lora_set", None) or ():
+        key, value = parse_set_option(item)
+        overrides[key] = value
     return overrides
 
 
@@ -199,6 +208,7 @@ def _harness_or_fail(config: pytest.Config) -> Harness:
 
 _PARAMETRIZED = (
     "lora_case", "lora_checkpoint", "lora_checkpoint_summary", "lora_baseline_comparison", "lora_pairwise_comparison",
+    *lora_checks.FIXTURES,
 )
 
 
@@ -222,6 +232,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pairwise = _user_errors_fail(harness.pairwise_comparisons)  # none configured: one case that skips
         ids = [c.test_id for c in pairwise] or ["no-pairwise-judge"]
         metafunc.parametrize("lora_pairwise_comparison", pairwise or [None], ids=ids, indirect=True)
+    for fixture in lora_checks.FIXTURES:  # leakage / strength / memorization (lora_harness.checks)
+        if fixture in names:
+            values, ids = lora_checks.params(harness, fixture)
+            metafunc.parametrize(fixture, values, ids=ids, indirect=True)
 
 
 def _user_errors_fail(function: Callable[[], Any]) -> Any:
@@ -429,6 +443,40 @@ def snapshot_lora(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
     except ImportError:
         pytest.fail("snapshot_lora needs syrupy: pip install 'lora-harness[report]'", pytrace=False)
     return request.getfixturevalue("snapshot").use_extension(extension_for(lora_harness.config.snapshot))
+
+
+def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
+    """A LoRA check of one checkpoint (lora_harness.checks); `.check()` asserts with the usual gating."""
+    fixture = request.fixturename
+    if request.param is None:
+        pytest.skip(lora_checks.SKIP_REASONS[fixture])
+    memorization = request.getfixturevalue("_lora_memorization") if fixture == "lora_memorization_check" else None
+    return lora_checks.run_check(harness, fixture, request.param, memorization)
+
+
+@pytest.fixture(scope="session")
+def _lora_memorization(lora_harness: Harness) -> Any:
+    from lora_harness.checks.memorization import MemorizationCheck
+
+    return MemorizationCheck(lora_harness.config)  # training images and judges load once per worker
+
+
+@pytest.fixture
+def lora_leakage_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """Prompts without the trigger, LoRA loaded: identity to the references must stay below `[leakage] max_identity`."""
+    return _lora_check(request, lora_harness)
+
+
+@pytest.fixture
+def lora_strength_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """One prompt/seed at `[strength] scales`: metric(high) - metric(low) must reach `margin`."""
+    return _lora_check(request, lora_harness)
+
+
+@pytest.fixture
+def lora_memorization_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """Each image vs the training images: near-copies above `[memorization] max_similarity` fail."""
+    return _lora_check(request, lora_harness)
 
 
 @pytest.fixture(scope="session")

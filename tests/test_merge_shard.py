@@ -15,7 +15,7 @@ from lora_harness.cli import main  # noqa: E402
 from lora_harness.config import load_config  # noqa: E402
 from lora_harness.report.manifest import RunManifest, SessionRecord, config_hash, read_manifest, write_manifest  # noqa: E402
 from lora_harness.report.merge import MergeError, merge_runs  # noqa: E402
-from lora_harness.report.thumbs import thumbs_dir  # noqa: E402
+from lora_harness.report.thumbs import thumbnail_name, thumbs_dir  # noqa: E402
 from lora_harness.sharding import Shard, ShardError, assign, split  # noqa: E402
 from lora_harness.store import latest_rows, read_rows  # noqa: E402
 from report_rows import make_row, write_image, write_store  # noqa: E402
@@ -111,8 +111,8 @@ def test_merge_combines_scores_sessions_and_thumbnails(tmp_path: Path) -> None:
     html = result.report.html.read_text()
     assert html.count("data:image/jpeg;base64,") == 2  # shard 2's copied thumbnails; shard 1's images are gone
     assert html.count("image unavailable") == 2
-    assert sorted(p.name for p in thumbs_dir(tmp_path / "merged", 64).glob("*.jpg")) == [
-        "lora-step000400-p00-s42.jpg", "lora-step000400-p01-s42.jpg"]
+    assert sorted(p.name for p in thumbs_dir(tmp_path / "merged", 64).glob("*.jpg")) == sorted(
+        thumbnail_name(f"lora-step000400-p{p}-s42") for p in ("00", "01"))
     assert len(pd.read_csv(tmp_path / "merged" / "scores.csv")) == 4
 
 

@@ -22,7 +22,7 @@ from lora_harness.report.csv import ScoresCsvError, write_score_csvs  # noqa: E4
 from lora_harness.report.from_csv import rows_from_csv  # noqa: E402
 from lora_harness.report.html import ReportOptions, build_html_report  # noqa: E402
 from lora_harness.report.manifest import RunManifest, SessionRecord, write_manifest  # noqa: E402
-from lora_harness.report.plots import ALL_PROMPTS, rolling_mean, score_frame, trend_plots  # noqa: E402
+from lora_harness.report.plots import ALL_PROMPTS, rolling_means, score_frame, trend_plots  # noqa: E402
 from lora_harness.report.redact import REDACTED  # noqa: E402
 from lora_harness.report.view import Rules, build_view  # noqa: E402
 from lora_harness.stats import mean_ci  # noqa: E402
@@ -98,9 +98,21 @@ def test_table_cells_hold_mean_ci_and_a_colour_scale(tmp_path: Path) -> None:
     assert red > 0 and green > 0, (low.colour, high.colour)
 
 
+def test_thumbnail_names_stay_apart_when_keys_differ_only_in_odd_characters() -> None:
+    from lora_harness.report.thumbs import thumbnail_name
+
+    names = {thumbnail_name(key) for key in ("my lora-step000200-p00", "my_lora-step000200-p00", "my/lora-step000200-p00")}
+    assert len(names) == 3 and all(n.startswith("my_lora-step000200-p00-") and n.endswith(".jpg") for n in names)
+
+
 def test_rolling_mean_averages_seeds_per_step_then_three_steps() -> None:
-    frame = pd.DataFrame({"step": [200, 200, 400, 600, 800], "value": [0.0, 0.4, 0.5, 0.8, 1.1]})
-    assert rolling_mean(frame).round(6).to_dict() == {200: 0.2, 400: 0.35, 600: 0.5, 800: 0.8}
+    frame = pd.DataFrame({
+        "loraname": ["a"] * 5 + ["b"] * 2, "metric": ["m"] * 5 + ["m", "n"],
+        "step": [200, 200, 400, 600, 800, 200, 200], "value": [0.0, 0.4, 0.5, 0.8, 1.1, 0.3, 0.9],
+    })
+    lines = rolling_means(frame)
+    assert lines[("a", "m")].round(6).to_dict() == {200: 0.2, 400: 0.35, 600: 0.5, 800: 0.8}
+    assert lines[("b", "m")].to_dict() == {200: 0.3} and lines[("b", "n")].to_dict() == {200: 0.9}
 
 
 def test_trend_plots_one_figure_per_prompt_with_variants_side_by_side(tmp_path: Path) -> None:

@@ -77,13 +77,14 @@ def metric_groups(frame: pd.DataFrame, metrics: Sequence[str]) -> list[list[str]
     return ([unit] if unit else []) + others
 
 
-def rolling_mean(data: pd.DataFrame, window: int = ROLLING_WINDOW) -> pd.Series:
-    """Mean per step (over seeds and repeats), then a trailing rolling mean over `window` steps.
-
-    The first steps average what exists so far (min_periods=1), so the line starts at the first point.
-    """
-    per_step = data.groupby("step")["value"].mean().sort_index()
-    return per_step.rolling(window, min_periods=1).mean()
+def rolling_means(data: pd.DataFrame, window: int = ROLLING_WINDOW) -> dict[tuple[str, str], pd.Series]:
+    """Per (LoRA, metric): the mean per step (over prompts, seeds, repeats), then a trailing rolling mean
+    over `window` steps. The first steps average what exists so far (min_periods=1), so the line starts at
+    the first point. One grouped pass for the whole figure, not one per line."""
+    per_step = data.groupby(["loraname", "metric", "step"], sort=True)["value"].mean()
+    rolled = per_step.groupby(level=[0, 1], sort=False).rolling(window, min_periods=1).mean()
+    rolled = rolled.droplevel([0, 1])  # groupby().rolling() repeats the group keys in front
+    return {key: series.droplevel([0, 1]) for key, series in rolled.groupby(level=[0, 1], sort=False)}
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -162,6 +163,8 @@ def _panels(
     x_low, x_high = x_low - x_pad, x_high + x_pad
     x_tick_values = [t for t in nice_ticks(x_low, x_high) if x_low <= t <= x_high]
     by_lora = {name: part for name, part in data.groupby("loraname")}
+    points = {key: part for key, part in data.groupby(["loraname", "metric"], sort=False)}
+    lines = rolling_means(data)
     panels = []
     for row, (group, (y_low, y_high)) in enumerate(zip(groups, y_ranges)):
         y_tick_values = [t for t in nice_ticks(y_low, y_high) if y_low - 1e-9 <= t <= y_high + 1e-9]
@@ -188,14 +191,13 @@ def _panels(
                 panel.empty = True
             else:
                 for metric in group:
-                    subset = part[part["metric"] == metric]
-                    if subset.empty:
+                    subset = points.get((lora, metric))
+                    if subset is None:
                         continue
-                    rolling = rolling_mean(subset)
                     panel.series.append(Series(
                         metric, colours[metric],
-                        points=[(sx(s), sy(v)) for s, v in zip(subset["step"], subset["value"])],
-                        line=[(sx(s), sy(v)) for s, v in rolling.items()],
+                        points=[(sx(s), sy(v)) for s, v in zip(subset["step"].tolist(), subset["value"].tolist())],
+                        line=[(sx(s), sy(v)) for s, v in lines[(lora, metric)].items()],
                     ))
             panels.append(panel)
     return panels

@@ -9,9 +9,10 @@ as it is.
 from __future__ import annotations
 
 import base64
+import hashlib
+import multiprocessing
 import os
 import warnings
-import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
@@ -45,7 +46,9 @@ def thumbs_dir(run_dir: Path, max_px: int) -> Path:
 
 
 def thumbnail_name(case_key: str) -> str:
-    return safe_id(case_key) + ".jpg"
+    """Readable and collision-free: safe_id folds odd characters together, the hash tells such keys apart."""
+    digest = hashlib.sha1(case_key.encode("utf-8")).hexdigest()[:8]
+    return f"{safe_id(case_key)[:100]}-{digest}.jpg"
 
 
 def make_thumbnail(source: Path, target: Path, max_px: int, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> None:
@@ -113,14 +116,16 @@ def build_thumbnails(
             results[key] = Thumbnail(key, target)
         else:
             todo.append((key, source, target))
-    # one core stays with the report's own work (view, plots, HTML), which runs meanwhile
-    workers = processes if processes is not None else max(1, (os.cpu_count() or 1) - 1)
+    # As many workers as cores: the report's own work (view, plots) runs meanwhile, and once it waits for
+    # the thumbnails every core decodes.
+    workers = processes if processes is not None else (os.cpu_count() or 1)
     if len(todo) < PROCESS_THRESHOLD or workers < 1:
         made = [_make(key, source, target, max_px, pixel_limit) for key, source, target in todo]
     else:
         size = max(8, len(todo) // (workers * 4))
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             made = [t for batch in pool.map(_make_batch, batches, repeat(max_px), repeat(pixel_limit)) for t in batch]
     results.update((thumb.key, thumb) for thumb in made)
     return results

@@ -295,7 +295,8 @@ def _case_view(group: list[ScoreRow], gated: bool, thresholds: dict[str, Thresho
             below=row.metric in below,
             justification=justification,
             unavailable=row.metric in unavailable,
-            raw_json=json.dumps(raw, indent=1, sort_keys=True, default=str, ensure_ascii=False) if raw else "",
+            # compact (no indent): json's C encoder, ~5x faster for 10,000 scores; <pre> wraps it
+            raw_json=json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False) if raw else "",
         )
     return CaseView(
         key=first.case_key,

@@ -1,0 +1,102 @@
+"""Leakage and strength cases: extra generated images derived from the run's generated checkpoints.
+
+Why separate LoRA names: a case's key is (LoRA name, step, prompt, seed). `<lora>-leakage` and
+`<lora>-scale<s>` keep the training step, so the CSV and the trend plots show leakage (or identity at a
+scale) over training, while the per-image and per-checkpoint thresholds of the LoRA itself, which are meant
+for trigger prompts, never see them. `extra` says which checkpoint they belong to (`of`) and the scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from lora_harness.cases import Checkpoint, EvalCase, Prompt
+from lora_harness.prompts import parse_prompt_line
+from lora_harness.sources.generate import DEFAULT_SEED, GeneratedCase, image_path
+
+if TYPE_CHECKING:
+    from lora_harness.config import EvalConfig
+
+LEAKAGE, STRENGTH = "leakage", "strength"
+CHECK_ROLES = (LEAKAGE, STRENGTH)
+
+
+def role(case: EvalCase) -> str | None:
+    return case.extra.get("role")
+
+
+def is_check_case(case: EvalCase) -> bool:
+    return role(case) in CHECK_ROLES
+
+
+def owner(case: EvalCase) -> Checkpoint:
+    """The checkpoint (of the LoRA under test) a leakage / strength case was made for."""
+    return Checkpoint(case.extra["of"], case.training_step, case.step_kind)
+
+
+def scale_label(scale: float) -> str:
+    return f"scale{scale:g}"
+
+
+def _checkpoints(cases: Iterable[EvalCase], which: str) -> dict[Checkpoint, list[GeneratedCase]]:
+    """Generated, non-baseline checkpoints with their cases; "latest": each LoRA's last step only."""
+    found: dict[Checkpoint, list[GeneratedCase]] = {}
+    for case in cases:
+        if isinstance(case, GeneratedCase) and case.lora is not None and role(case) is None:
+            found.setdefault(Checkpoint.of(case), []).append(case)
+    if which == "latest":
+        last: dict[str, Checkpoint] = {}
+        for c in found:
+            if c.loraname not in last or (c.step_kind, c.training_step) > (last[c.loraname].step_kind, last[c.loraname].training_step):
+                last[c.loraname] = c
+        found = {c: found[c] for c in last.values()}
+    return found
+
+
+def _prompts(texts: list[str] | None, template: Prompt, key: str, prefix: str) -> list[Prompt]:
+    """Check prompts take the checkpoint's generation settings unless they carry their own inline options."""
+    if texts is None:
+        return [replace(template, prompt_id=f"{prefix}{template.prompt_id}")]
+    usable = [t for t in texts if t.strip() and not t.lstrip().startswith("#")]
+    out = []
+    for i, text in enumerate(usable):
+        p = parse_prompt_line(text, f"{prefix}{i:02d}", source=key)
+        defaults = {f: getattr(template, f) for f in ("negative", "width", "height", "steps", "cfg_scale", "guidance")}
+        out.append(replace(p, **{f: v for f, v in defaults.items() if getattr(p, f) is None}))
+    return out
+
+
+def _case(base: GeneratedCase, loraname: str, prompt: Prompt, seed: int, scale: float, extra: dict[str, str],
+          run_dir: Path) -> GeneratedCase:
+    case = GeneratedCase(
+        loraname=loraname, training_step=base.training_step, step_kind=base.step_kind,
+        prompt=replace(prompt, seed=seed), image_path=Path(), seed=seed, variant=extra["role"],
+        extra={**extra, "of": base.loraname}, lora=base.lora, lora_scale=scale,
+    )
+    return replace(case, image_path=image_path(run_dir, loraname, case.step_label, prompt.prompt_id, seed))
+
+
+def expand_check_cases(cases: list[EvalCase], config: "EvalConfig") -> list[GeneratedCase]:
+    """The leakage and strength cases of every generated checkpoint the `[leakage]` / `[strength]` sections ask for."""
+    out: list[GeneratedCase] = []
+    leak, strength = config.leakage, config.strength
+    if leak is not None:
+        for ckpt, group in _checkpoints(cases, leak.checkpoints).items():
+            first = group[0]
+            seeds = leak.seeds or [first.seed if first.seed is not None else DEFAULT_SEED]
+            for prompt in _prompts(leak.prompts, first.prompt, "leakage.prompts", "L"):
+                for seed in seeds:
+                    out.append(_case(first, f"{ckpt.loraname}-{LEAKAGE}", prompt, seed, first.lora_scale,
+                                     {"role": LEAKAGE}, config.run_dir))
+    if strength is not None:
+        for ckpt, group in _checkpoints(cases, strength.checkpoints).items():
+            first = group[0]
+            seeds = strength.seeds or [first.seed if first.seed is not None else DEFAULT_SEED]
+            for scale in strength.scales:
+                for prompt in _prompts(strength.prompts, first.prompt, "strength.prompts", "S"):
+                    for seed in seeds:
+                        out.append(_case(first, f"{ckpt.loraname}-{scale_label(scale)}", prompt, seed, scale,
+                                         {"role": STRENGTH, "scale": f"{scale:g}"}, config.run_dir))
+    return out

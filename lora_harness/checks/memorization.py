@@ -1,0 +1,142 @@
+"""Memorization: is a generated image a near-copy of a training image?
+
+Each image of a checkpoint (the LoRA's own cases, trigger prompts) is compared with every training image by
+the configured similarity judges (default `pixel_similarity`, whole image, and `face_identity`), using the
+training images as the judges' references. The maximum per judge is recorded as metric
+`memorization_<judge>_max` (store, CSV, report) with the best-matching training image's path in
+`raw.training_image`; a value above `[memorization] max_similarity` flags a near-copy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lora_harness.cases import Checkpoint
+from lora_harness.checks.cases import is_check_case
+from lora_harness.checks.result import CheckResult
+from lora_harness.images import ImageError, load_rgb
+from lora_harness.judges import JudgeContext, Score, create_judge
+from lora_harness.judges.base import judge_many
+from lora_harness.models import ModelUnavailable
+from lora_harness.sources.samples import IMAGE_SUFFIXES
+
+if TYPE_CHECKING:
+    from lora_harness.config import EvalConfig, MemorizationConfig
+    from lora_harness.harness import Harness
+
+SOURCE = "memorization"
+
+
+def training_images(folder: Path) -> list[Path]:
+    """Image files under the training folder, recursively (kohya: img/<repeats>_<name>/*.png); captions ignored."""
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def metric_name(judge: str) -> str:
+    return f"memorization_{judge}_max"
+
+
+def ceiling(config: "MemorizationConfig", judge: str) -> float | None:
+    if isinstance(config.max_similarity, dict):
+        return config.max_similarity.get(f"{judge}_max")
+    return config.max_similarity
+
+
+class MemorizationCheck:
+    """Training images and similarity judges, loaded once per process on first use."""
+
+    def __init__(self, config: "EvalConfig") -> None:
+        assert config.memorization is not None, "MemorizationCheck needs a [memorization] section"
+        self.config = config.memorization
+        self._pixel_limit = config.run.image_pixel_limit
+        self._options = {j.name: j.options for j in config.judges}  # a judge's options from [[judges]] when listed
+        self._context: JudgeContext | None = None
+        self._judges: list[Any] | None = None
+
+    def context(self, worker_count: int = 1) -> JudgeContext:
+        if self._context is None:
+            paths = training_images(self.config.training_dir)
+            if not paths:
+                raise ImageError(
+                    f"no training images ({', '.join(sorted(IMAGE_SUFFIXES))}) under memorization.training_dir "
+                    f"{self.config.training_dir}"
+                )
+            images = [load_rgb(p, pixel_limit=self._pixel_limit) for p in paths]
+            self._context = JudgeContext(reference_images=images, reference_paths=paths, worker_count=worker_count)
+        return self._context
+
+    def judges(self) -> list[Any]:
+        if self._judges is None:
+            self._judges = [create_judge(name, self._options.get(name, {})) for name in self.config.judges]
+        return self._judges
+
+    def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
+        result = CheckResult("memorization", checkpoint)
+        cases = [c for c in harness.cases_of(checkpoint) if not is_check_case(c)]
+        items = []
+        for case in cases:
+            try:
+                items.append((case, harness.image(case)))
+            except ImageError as exc:
+                result.errors.append(f"{case.key}: {exc}")
+        if not items:
+            return result
+        try:
+            context = self.context(harness.worker_count)
+        except ImageError as exc:
+            result.errors.append(f"training images unusable: {exc}; fix memorization.training_dir")
+            return result
+        by_name = _path_names(context.reference_paths)
+        for judge in self.judges():
+            metric, limit = metric_name(judge.name), ceiling(self.config, judge.name)
+            try:
+                results = judge_many(judge, items, context)
+            except ModelUnavailable as exc:
+                result.unavailable.append(f"{judge.name}: {exc}")
+                continue
+            except Exception as exc:  # a judge bug must not hide the other judges' findings
+                result.errors.append(f"{judge.name} failed: {type(exc).__name__}: {exc}")
+                continue
+            for (case, _), scores in zip(items, results):
+                best = next((s for s in scores if s.metric == f"{judge.name}_max"), None)
+                score = _memorization_score(metric, best, by_name)
+                harness.record(case, score, source=SOURCE)
+                where = f"{case.key} ({case.image_path})"
+                if score.error:
+                    result.errors.append(f"{where}: {score.error}")
+                elif score.value is None:
+                    result.lines.append(f"{where}: {metric} missing ({score.raw.get('missing', 'no value')})")
+                elif limit is not None and score.value > limit:
+                    result.failures.append(
+                        f"{where}: {metric} = {score.value:.4f} > ceiling {limit}: near-copy of training image "
+                        f"{score.raw.get('training_image')}"
+                    )
+                else:
+                    result.lines.append(f"{where}: {metric} = {score.value:.4f} (closest: {score.raw.get('training_image')})")
+        return result
+
+
+def _path_names(paths: Any) -> dict[str, str]:
+    """Judges name references by full path or by file name; both map back to the full path."""
+    names: dict[str, str] = {}
+    for p in paths:
+        names[str(p)] = str(p)
+        names.setdefault(Path(p).name, str(p))
+    return names
+
+
+def _memorization_score(metric: str, best: Score | None, by_name: dict[str, str]) -> Score:
+    if best is None:
+        return Score(metric, None, error="the judge returned no *_max score")
+    raw: dict[str, Any] = {k: v for k, v in best.raw.items() if k != "per_reference"}
+    per_reference = best.raw.get("per_reference")
+    if isinstance(per_reference, dict):
+        top = sorted(per_reference.items(), key=lambda kv: -kv[1])[:5]
+        raw["closest_training_images"] = {by_name.get(k, k): v for k, v in top}
+    name = best.raw.get("best_reference")
+    if name is None and isinstance(per_reference, dict) and per_reference:
+        name = max(per_reference.items(), key=lambda kv: kv[1])[0]  # e.g. face_identity names no best
+    if name is not None:
+        raw["training_image"] = by_name.get(str(name), str(name))
+    return Score(metric, best.value, raw, best.error)

@@ -1,0 +1,69 @@
+"""Config sections `[leakage]`, `[strength]`, `[memorization]` (validated with the rest of the config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _no_empty_prompts(value: list[str] | None) -> list[str] | None:
+    if value is not None and not any(text.strip() for text in value):
+        raise ValueError("no prompts: give at least one prompt text")
+    return value
+
+
+class LeakageConfig(_Model):
+    """Prompts without the trigger token, generated with the LoRA loaded: the person must not appear."""
+
+    prompts: list[str] = Field(min_length=1)  # kohya inline options allowed (--w --h --s --d ...)
+    metric: str = "face_identity_max"  # similarity to the reference photos
+    max_identity: float  # ceiling: every leakage image must score below it
+    seeds: list[int] | None = None  # default: the first seed of the checkpoint's cases
+    checkpoints: Literal["all", "latest"] = "all"  # "all": leakage is tracked over training steps
+
+    _prompts = field_validator("prompts")(_no_empty_prompts)
+
+
+class StrengthConfig(_Model):
+    """The same prompt and seed at several LoRA scales; scale 0 is the base model control."""
+
+    scales: list[float] = Field([0.0, 0.5, 0.8, 1.0, 1.2], min_length=2)
+    prompts: list[str] | None = None  # default: the first prompt of the source
+    seeds: list[int] | None = None  # default: the first seed of the checkpoint's cases
+    metric: str = "face_identity_max"
+    margin: float = 0.0  # gate: mean metric at `high` - mean metric at `low` >= margin
+    low: float = 0.0
+    high: float = 1.0
+    checkpoints: Literal["all", "latest"] = "latest"  # a sweep x scales is costly: latest by default
+
+    _prompts = field_validator("prompts")(_no_empty_prompts)
+
+    @model_validator(mode="after")
+    def _scales(self) -> "StrengthConfig":
+        if len(set(self.scales)) != len(self.scales) or any(s < 0 for s in self.scales):
+            raise ValueError(f"scales must be distinct and >= 0 (got {self.scales})")
+        missing = [s for s in (self.low, self.high) if s not in self.scales]
+        if missing:
+            raise ValueError(f"low/high scale(s) {missing} are not in scales {self.scales}; add them to `scales`")
+        return self
+
+
+class MemorizationConfig(_Model):
+    """Each generated image vs each training image: near-copies above the ceiling are flagged."""
+
+    training_dir: Path  # the training images (searched recursively, e.g. kohya's img/10_name/)
+    judges: list[str] = ["pixel_similarity", "face_identity"]  # similarity judges run against the training set
+    max_similarity: float | dict[str, float] = 0.95  # ceiling on each judge's `<name>_max` (or per metric)
+
+    @field_validator("judges")
+    @classmethod
+    def _some(cls, value: list[str]) -> list[str]:
+        if not value or len(set(value)) != len(value):
+            raise ValueError("judges must be a non-empty list of distinct judge names, e.g. [\"pixel_similarity\", \"face_identity\"]")
+        return value

@@ -1,0 +1,68 @@
+"""Fast units of the LoRA checks: the pixel_similarity judge and config validation (no pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lora_harness.config import ConfigError, parse_config
+from lora_harness.harness import Harness
+from lora_harness.judges import JudgeContext, create_judge
+
+
+def portrait() -> np.ndarray:
+    from skimage import data
+
+    return data.astronaut()
+
+
+def test_pixel_similarity_known_answers() -> None:
+    judge = create_judge("pixel_similarity")
+    face, camera = portrait(), np.stack([__import__("skimage").data.camera()] * 3, axis=-1)
+    context = JudgeContext(reference_images=[camera, face], reference_paths=[Path("/t/camera.png"), Path("/t/face.png")])
+    brighter = np.clip(face.astype(int) * 0.8 + 30, 0, 255).astype(np.uint8)
+    half = face[::2, ::2]
+    results = judge.judge_batch([(None, face), (None, brighter), (None, half), (None, 255 - face)], context)
+    best = [scores[1] for scores in results]
+    assert best[0].value == pytest.approx(1.0) and best[0].raw["best_reference"] == "/t/face.png"
+    assert best[1].value > 0.999 and best[2].value > 0.98  # brightness/contrast and scale invariant
+    assert best[0].raw["per_reference"]["/t/camera.png"] < 0.5  # unrelated photo
+    assert best[3].raw["per_reference"]["/t/face.png"] == pytest.approx(-1.0, abs=1e-4)  # inverted (up to uint8 rounding)
+    assert results[0][0].value == pytest.approx((1.0 + best[0].raw["per_reference"]["/t/camera.png"]) / 2)
+
+
+def test_pixel_similarity_without_references_and_bad_options() -> None:
+    judge = create_judge("pixel_similarity", {"size": 16})
+    (mean, best), = judge.judge_batch([(None, portrait())], JudgeContext())
+    assert best.value is None and "no reference images" in best.error
+    with pytest.raises(ValueError, match="size must be an integer from 8 to 512"):
+        create_judge("pixel_similarity", {"size": 2})
+    with pytest.raises(ValueError, match="unknown option"):
+        create_judge("pixel_similarity", {"sizes": 16})
+
+
+DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo" / "samples" / "personal-lora-demo-r4"
+
+
+def base(tmp_path: Path, **sections) -> dict:
+    return {"sources": [{"path": str(DEMO)}], "judges": [{"name": "pixel_similarity"}], **sections}
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"leakage": {"prompts": ["a man"], "max_identity": 0.5}}, r"leakage.metric names metric\(s\) face_identity_max"),
+        ({"strength": {"scales": [0.5, 1.0]}}, r"low/high scale\(s\) \[0.0\] are not in scales"),
+        ({"strength": {"scales": [0, 0, 1]}}, "scales must be distinct"),
+        ({"leakage": {"prompts": [" "], "max_identity": 0.5}}, "no prompts"),
+        ({"leakage": {"prompts": ["a"], "max_identity": 0.5, "maximum": 1}}, "unknown key"),
+        ({"memorization": {"training_dir": "nowhere"}}, "memorization.training_dir .*nowhere is not a folder"),
+        ({"memorization": {"training_dir": ".", "judges": ["pixel_simlarity"]}}, "unknown judge"),
+        ({"memorization": {"training_dir": ".", "max_similarity": {"clip_i_max": 0.9}}}, "memorization.max_similarity names"),
+    ],
+)
+def test_bad_check_sections_are_config_errors(tmp_path: Path, sections: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Harness(parse_config(base(tmp_path, **sections), base_dir=tmp_path), run_id="r")
