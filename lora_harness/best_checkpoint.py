@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from lora_harness.cases import Checkpoint
+from lora_harness.checks.cases import CHECK_ROLES, MEMORIZATION
 from lora_harness.config import BestConfig, ConfigError, check_metric_names
 from lora_harness.report.csv import step_label
 from lora_harness.store import ScoreRow
@@ -146,6 +147,8 @@ def means_from_rows(rows: Iterable[ScoreRow]) -> dict[Checkpoint, dict[str, floa
     """Per-checkpoint metric means of stored rows (errors and NaN left out; no value at all -> None)."""
     values: dict[Checkpoint, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for row in rows:
+        if row.variant in CHECK_ROLES or row.judge == MEMORIZATION:  # LoRA checks are not quality objectives
+            continue
         bucket = values[Checkpoint(row.loraname, row.training_step, row.step_kind)][row.metric]  # type: ignore[arg-type]
         if row.value is not None and not math.isnan(row.value):
             bucket.append(row.value)

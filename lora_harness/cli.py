@@ -23,7 +23,8 @@ def _validate(args: argparse.Namespace) -> int:
         gated = "the best checkpoint of each LoRA, chosen from scores when the run executes"
     else:
         gated = ", ".join(c.key for c in harness.checkpoints if harness.is_gated(c))
-    print(f"{args.config}: OK — {len(harness.cases)} cases, {len(harness.checkpoints)} checkpoints, "
+    checks = f" (+ {len(harness.check_cases)} leakage/strength images)" if harness.check_cases else ""
+    print(f"{args.config}: OK — {len(harness.cases)} cases{checks}, {len(harness.checkpoints)} checkpoints, "
           f"metrics: {', '.join(harness.metrics)}; gated: {gated}")
     return 0
 

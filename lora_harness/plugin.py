@@ -325,12 +325,31 @@ def _shard_key(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    """With `--alluredir`: attach the case's image, scores and justifications, and label it."""
+    """After an image's test: its report thumbnail while the pixels are at hand; with `--alluredir`, its
+    image, scores and justifications as attachments, and labels."""
     try:
         return (yield)
     finally:
+        _thumbnail(item)
         if allure_enabled(item.config):
             _attach_allure(item)
+
+
+_USES_PIXELS = frozenset({"lora_scores", "lora_gate", "lora_image"})
+
+
+def _thumbnail(item: pytest.Item) -> None:
+    from lora_harness.report.thumbs import thumbnail_while_judging
+
+    case, harness = _param(item, "lora_case"), _state(item.config)._harness
+    if isinstance(case, EvalCase) and harness is not None and _USES_PIXELS & set(getattr(item, "fixturenames", ())):
+        try:
+            thumbnail_while_judging(
+                case.key, case.image_path, lambda: harness.image(case), harness.config.run_dir,
+                harness.config.report.thumbnail_px,
+            )
+        except Exception:  # never change a test's outcome: the report build makes what is missing
+            pass
 
 
 def _attach_allure(item: pytest.Item) -> None:

@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.config import StatsConfig, Threshold
 from lora_harness.gates import checkpoint_findings
 from lora_harness.report.csv import metric_order, step_label
@@ -37,7 +38,8 @@ def summarize(
         groups.items(), key=lambda item: (item[0][:3], metrics.index(item[0][3]))
     ):
         values = [r.value for r in group if r.value is not None and not math.isnan(r.value)]
-        threshold = thresholds.get(metric, Threshold())
+        # leakage / strength images (lora_harness.checks) are judged by their own tests, not trigger-prompt minimums
+        threshold = Threshold() if group[0].variant in CHECK_ROLES else thresholds.get(metric, Threshold())
         mean = sum(values) / len(values) if values else None
         out.append(
             MetricSummary(

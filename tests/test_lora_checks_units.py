@@ -66,3 +66,35 @@ def base(tmp_path: Path, **sections) -> dict:
 def test_bad_check_sections_are_config_errors(tmp_path: Path, sections: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Harness(parse_config(base(tmp_path, **sections), base_dir=tmp_path), run_id="r")
+
+
+def test_end_of_run_table_does_not_apply_trigger_thresholds_to_leakage_images() -> None:
+    from lora_harness.cases import EvalCase, Prompt
+    from lora_harness.config import Threshold
+    from lora_harness.judges import Score
+    from lora_harness.store import ScoreRow
+    from lora_harness.summary import summarize
+
+    def row(loraname: str, variant: str | None, value: float) -> ScoreRow:
+        case = EvalCase(loraname, 10, Prompt("L00", "a man in a park"), Path("x.png"), seed=1, variant=variant)
+        return ScoreRow.of(case, Score("face_identity_max", value), judge="face_identity", judge_version="1", run_id="r", worker="w")
+
+    table = summarize([row("me", None, 0.2), row("me-leakage", "leakage", 0.2)], {"face_identity_max": Threshold(image=0.9)})
+    assert {(s.loraname, s.failures) for s in table} == {("me", 1), ("me-leakage", 0)}
+
+
+def test_best_checkpoint_from_rows_ignores_check_rows() -> None:
+    from lora_harness.best_checkpoint import means_from_rows
+    from lora_harness.cases import Checkpoint, EvalCase, Prompt
+    from lora_harness.judges import Score
+    from lora_harness.store import ScoreRow
+
+    def row(loraname: str, variant: str | None, metric: str, judge: str) -> ScoreRow:
+        case = EvalCase(loraname, 10, Prompt("00", "p"), Path("x.png"), seed=1, variant=variant)
+        return ScoreRow.of(case, Score(metric, 0.5), judge=judge, judge_version="1", run_id="r", worker="w")
+
+    means = means_from_rows([
+        row("me", None, "spectral_score", "image_stats"), row("me", None, "memorization_pixel_similarity_max", "memorization"),
+        row("me-leakage", "leakage", "spectral_score", "image_stats"),
+    ])
+    assert means == {Checkpoint("me", 10): {"spectral_score": 0.5}}

@@ -372,3 +372,29 @@ def test_report_config_section_is_validated(tmp_path: Path) -> None:
     config.write_text('[[sources]]\npath = "samples"\n\n[[judges]]\nname = "image_stats"\n\n[report]\nimage = "link"\n')
     with pytest.raises(ConfigError, match="did you mean 'images'"):
         load_config(config)
+
+
+def test_thumbnail_while_judging_uses_the_pixels_once_and_never_raises(tmp_path: Path) -> None:
+    import numpy as np
+
+    from lora_harness.images import ImageError
+    from lora_harness.report.thumbs import thumbnail_name, thumbnail_while_judging
+    from report_rows import write_image
+
+    image = write_image(tmp_path / "a.png", 1, size=128)
+    calls = []
+
+    def pixels():
+        calls.append(1)
+        return np.asarray(Image.open(image).convert("RGB"))
+
+    made = thumbnail_while_judging("case-a", image, pixels, tmp_path / "run", 64)
+    assert made == tmp_path / "run" / "thumbs" / "64" / thumbnail_name("case-a")
+    with Image.open(made) as thumb:
+        assert thumb.size == (64, 64)
+    assert thumbnail_while_judging("case-a", image, pixels, tmp_path / "run", 64) == made and len(calls) == 1
+
+    def broken():
+        raise ImageError("a.png: cannot decode image")
+
+    assert thumbnail_while_judging("case-b", image, broken, tmp_path / "run", 64) is None

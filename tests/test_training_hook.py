@@ -4,8 +4,8 @@ watcher's file detection (`lora-harness watch`, kohya) as bounded units."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -116,9 +116,12 @@ def test_watch_evaluates_each_new_checkpoint_once_within_max_polls(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(tmp_path: Path, monkeypatch) -> None:
-    """Two SimpleTuner checkpoints (folders with pytorch_lora_weights.safetensors) through the real CLI and a
-    pytest subprocess each: one run folder, both steps (and the leakage check's rows) in its scores.csv."""
+def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
+    tmp_path: Path, monkeypatch, pytester: pytest.Pytester
+) -> None:
+    """Two SimpleTuner checkpoints (folders with pytorch_lora_weights.safetensors) through the real CLI: one
+    run folder, both steps (and the leakage check's rows) in its scores.csv. The pytest command the CLI builds
+    runs in process (pytester) instead of a fresh interpreter, which saves re-importing torch twice."""
     pytest.importorskip("diffusers")
     import tiny_flux
     from PIL import Image
@@ -140,12 +143,21 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(tmp_path
     config.write_text(config.read_text().replace('[[sources]]\npath = "samples"\n\n', "").replace('baseline = "none"\n', "") + leakage)
     suite = tmp_path / "suite"
     suite.mkdir()
-    for name in ("test_lora.py", "test_lora_checks.py"):
-        shutil.copy(REPO / "evals" / name, suite / name)
+    for name in ("test_lora.py", "test_lora_checks.py"):  # renamed: this process imported tests/test_lora_checks.py
+        shutil.copy(REPO / "evals" / name, suite / name.replace("test_", "test_suite_"))
+    commands: list[list[str]] = []
+
+    def run_in_process(command: list[str]) -> int:
+        commands.append(command)
+        assert command[:3] == [sys.executable, "-m", "pytest"]
+        return int(pytester.runpytest_inprocess(*command[3:]).ret)
+
+    monkeypatch.setattr("lora_harness.training_hook.subprocess.call", run_in_process)
     for step in (10, 20):
         status = main(["eval-checkpoint", "--checkpoint", str(out / f"checkpoint-{step}"), "--step", str(step),
-                       "--config", str(config), "--suite", str(suite), "--", "-q", "-W", "ignore::UserWarning", "--durations=4"])
+                       "--config", str(config), "--suite", str(suite), "--", "-q", "-W", "ignore::UserWarning"])
         assert status == 0
+    assert len(commands) == 2 and all("--lora-set" in c and "--gate" in c for c in commands)
     wide = pd.read_csv(tmp_path / "reports" / "training" / "scores.csv", dtype=str)
     assert sorted(set(zip(wide["loraname"], wide["training_step"]))) == [
         ("simpletuner-out", "000010"), ("simpletuner-out", "000020"),
@@ -153,3 +165,13 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(tmp_path
     ]
     assert wide["pixel_similarity_max"].notna().all() and wide["run_id"].nunique() == 2
     assert (tmp_path / "reports" / "training" / "report.html").is_file()
+
+
+def test_cli_hook_commands_report_bad_input(tmp_path: Path, capsys) -> None:
+    from lora_harness.cli import main
+
+    config = write_config(tmp_path)
+    assert main(["watch", str(tmp_path / "nowhere"), "--config", str(config), "--once"]) == 2
+    assert "is not a folder; give the trainer's output folder" in capsys.readouterr().err
+    assert main(["eval-checkpoint", "--checkpoint", str(tmp_path / "missing.safetensors"), "--config", str(config)]) == 2
+    assert "--checkpoint" in capsys.readouterr().err

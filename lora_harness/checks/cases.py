@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lora_harness.config import EvalConfig
 
 LEAKAGE, STRENGTH = "leakage", "strength"
+MEMORIZATION = "memorization"  # the `judge` of stored memorization scores
 CHECK_ROLES = (LEAKAGE, STRENGTH)
 
 

@@ -13,19 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import is_check_case
+from lora_harness.checks.cases import MEMORIZATION, is_check_case
 from lora_harness.checks.result import CheckResult
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.judges import JudgeContext, Score, create_judge
 from lora_harness.judges.base import judge_many
 from lora_harness.models import ModelUnavailable
 from lora_harness.sources.samples import IMAGE_SUFFIXES
+from lora_harness.store import ScoreRow
 
 if TYPE_CHECKING:
     from lora_harness.config import EvalConfig, MemorizationConfig
     from lora_harness.harness import Harness
 
-SOURCE = "memorization"
+SOURCE = MEMORIZATION
 
 
 def training_images(folder: Path) -> list[Path]:
@@ -37,9 +38,15 @@ def metric_name(judge: str) -> str:
     return f"memorization_{judge}_max"
 
 
+DEFAULT_CEILING = 0.95
+IDENTITY_JUDGES = ("face_identity",)  # same face is the goal of a person LoRA: recorded, gated only when asked
+
+
 def ceiling(config: "MemorizationConfig", judge: str) -> float | None:
     if isinstance(config.max_similarity, dict):
         return config.max_similarity.get(f"{judge}_max")
+    if config.max_similarity is None:
+        return None if judge in IDENTITY_JUDGES else DEFAULT_CEILING
     return config.max_similarity
 
 
@@ -101,7 +108,10 @@ class MemorizationCheck:
             for (case, _), scores in zip(items, results):
                 best = next((s for s in scores if s.metric == f"{judge.name}_max"), None)
                 score = _memorization_score(metric, best, by_name)
-                harness.record(case, score, source=SOURCE)
+                # Store only (as pairwise comparisons do): the case's score set in the harness stays the case
+                # judges' business, so a later `score(case)` still runs them.
+                harness.store.append([ScoreRow.of(case, score, judge=SOURCE, judge_version=f"{judge.name} {judge.version}",
+                                                  run_id=harness.run_id, worker=harness.worker)])
                 where = f"{case.key} ({case.image_path})"
                 if score.error:
                     result.errors.append(f"{where}: {score.error}")

@@ -59,7 +59,10 @@ class MemorizationConfig(_Model):
 
     training_dir: Path  # the training images (searched recursively, e.g. kohya's img/10_name/)
     judges: list[str] = ["pixel_similarity", "face_identity"]  # similarity judges run against the training set
-    max_similarity: float | dict[str, float] = 0.95  # ceiling on each judge's `<name>_max` (or per metric)
+    # Ceiling on each judge's `<name>_max`: one number for all, or per metric (unnamed ones are recorded, not
+    # gated). Default: 0.95 for whole-image judges; face_identity is recorded only, since a good person LoRA
+    # has the training photos' face by design: what makes a near-copy is the whole image.
+    max_similarity: float | dict[str, float] | None = None
 
     @field_validator("judges")
     @classmethod

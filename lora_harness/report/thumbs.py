@@ -17,8 +17,9 @@ from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
+import numpy as np
 from PIL import Image
 
 from lora_harness.cases import safe_id
@@ -65,14 +66,48 @@ def make_thumbnail(source: Path, target: Path, max_px: int, *, pixel_limit: int 
                     background = Image.new("RGB", img.size, (255, 255, 255))
                     background.paste(img, mask=img.getchannel("A"))
                     img = background
-            factor = max(img.size) // max_px
-            if factor >= 2:  # box-average by an integer factor first: cheap, and no aliasing
-                img = img.reduce(factor)
-            img.thumbnail((max_px, max_px), Image.Resampling.BILINEAR)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(f".{os.getpid()}.tmp")
-            img.convert("RGB").save(tmp, "JPEG", quality=JPEG_QUALITY)
-            tmp.replace(target)
+            _save(img, target, max_px)
+
+
+def thumbnail_from_pixels(pixels: np.ndarray, target: Path, max_px: int) -> None:
+    """A thumbnail from an image already decoded (an RGB uint8 array, as judges get it): no second decode."""
+    _save(Image.fromarray(pixels), target, max_px)
+
+
+def _save(img: Image.Image, target: Path, max_px: int) -> None:
+    factor = max(img.size) // max_px
+    if factor >= 2:  # box-average by an integer factor first: cheap, and no aliasing
+        img = img.reduce(factor)
+    img.thumbnail((max_px, max_px), Image.Resampling.BILINEAR)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    img.convert("RGB").save(tmp, "JPEG", quality=JPEG_QUALITY)
+    tmp.replace(target)
+
+
+def is_fresh(target: Path, source: Path) -> bool:
+    """The cached thumbnail exists and is not older than its image."""
+    try:
+        return target.stat().st_mtime >= source.stat().st_mtime
+    except OSError:
+        return False
+
+
+def thumbnail_while_judging(
+    case_key: str, image: Path, pixels: Callable[[], np.ndarray], run_dir: Path, max_px: int
+) -> Path | None:
+    """Called by the eval worker right after a case is judged, while its pixels are at hand: the report at
+    the end of the run then finds every thumbnail made (spread over the workers) instead of decoding every
+    image again, one after another, at the end. Returns the thumbnail, or None when it could not be made
+    (the report build tries again and shows why)."""
+    target = thumbs_dir(run_dir, max_px) / thumbnail_name(case_key)
+    if is_fresh(target, image):
+        return target
+    try:
+        thumbnail_from_pixels(pixels(), target, max_px)
+    except (OSError, ValueError):
+        return None
+    return target
 
 
 def _make(key: str, source: Path, target: Path, max_px: int, pixel_limit: int) -> Thumbnail:
@@ -112,7 +147,7 @@ def build_thumbnails(
                 results[key] = Thumbnail(key, target)
             else:
                 results[key] = Thumbnail(key, None, "no image file" if source is None else f"image not found: {source}")
-        elif target.is_file() and target.stat().st_mtime >= source.stat().st_mtime:
+        elif is_fresh(target, source):
             results[key] = Thumbnail(key, target)
         else:
             todo.append((key, source, target))
