@@ -20,6 +20,7 @@ from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
+from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import error_scores, judge_many
 from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
@@ -70,6 +71,8 @@ class Harness:
         )
         self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
         self._scores: dict[str, dict[str, Score]] = {}
+        self._recorded: dict[str, dict[str, Score]] = {}  # lora_record scores of cases not judged yet
+        self._redactor = Redactor()
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._context: JudgeContext | None = None
         self._generator: ImageGenerator | None = None
@@ -159,6 +162,8 @@ class Harness:
         if case.key not in self._scores:
             pending = [c for c in self.cases_of(Checkpoint.of(case)) if c.key not in self._scores and c.key != case.key]
             self._judge([case, *pending])
+        if case.key in self._recorded:
+            self._scores[case.key].update(self._recorded.pop(case.key))
         return self._scores[case.key]
 
     def _load_stored(self) -> None:
@@ -221,7 +226,12 @@ class Harness:
             self.generator().materialize(case, lambda: self.cases_of(Checkpoint.of(case)))
 
     def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
-        """fsync one judge's scores for a batch before the next judge runs."""
+        """fsync one judge's scores for a batch before the next judge runs.
+
+        Secrets are redacted here, once, because an exception text may quote a key or an auth header and
+        from here scores flow to the store, CSV, failure messages, allure and the HTML report.
+        """
+        results = [(case, [self._redacted(s) for s in scores]) for case, scores in results]
         self.store.append(
             ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
             for case, scores in results
@@ -231,9 +241,22 @@ class Harness:
             self._scores.setdefault(case.key, {}).update({s.metric: s for s in scores})
 
     def record(self, case: EvalCase, score: Score, *, source: str) -> None:
-        """Scores a test computes itself (the `lora_record` fixture) go through the same store."""
+        """Scores a test computes itself (the `lora_record` fixture) go through the same store.
+
+        Recorded before the judges ran, the score waits in `_recorded`: putting a partial set into `_scores`
+        would make `score(case)` believe the case was already judged.
+        """
+        score = self._redacted(score)
         self.store.append([ScoreRow.of(case, score, judge=source, judge_version="test", run_id=self.run_id, worker=self.worker)])
-        self._scores.setdefault(case.key, {})[score.metric] = score
+        if case.key in self._scores:
+            self._scores[case.key][score.metric] = score
+        else:
+            self._recorded.setdefault(case.key, {})[score.metric] = score
+
+    def _redacted(self, score: Score) -> Score:
+        raw = self._redactor.value(dict(score.raw)) if score.raw else score.raw
+        error = self._redactor.text(score.error) if score.error else score.error
+        return score if (raw is score.raw and error == score.error) else Score(score.metric, score.value, raw, error)
 
     def image_findings(self, case: EvalCase) -> list[Finding]:
         return image_findings(self.score(case), self.config.thresholds)

@@ -23,7 +23,7 @@ from lora_harness.report.from_csv import rows_from_csv  # noqa: E402
 from lora_harness.report.html import ReportOptions, build_html_report  # noqa: E402
 from lora_harness.report.manifest import RunManifest, SessionRecord, write_manifest  # noqa: E402
 from lora_harness.report.plots import ALL_PROMPTS, rolling_means, score_frame, trend_plots  # noqa: E402
-from lora_harness.report.redact import REDACTED  # noqa: E402
+from lora_harness.redact import REDACTED  # noqa: E402
 from lora_harness.report.view import Rules, build_view  # noqa: E402
 from lora_harness.stats import mean_ci  # noqa: E402
 from lora_harness.store import latest_rows, read_rows  # noqa: E402

@@ -22,7 +22,7 @@ from lora_harness.config import ReportConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.report.manifest import RunManifest, library_versions
 from lora_harness.report.plots import ALL_PROMPTS, trend_plots
-from lora_harness.report.redact import Redactor
+from lora_harness.redact import Redactor
 from lora_harness.report.thumbs import Thumbnail, start_thumbnails
 from lora_harness.report.view import ReportView, Rules, build_view
 from lora_harness.store import ScoreRow

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, ReportConfig, StatsConfig, Threshold
-from lora_harness.report.redact import Redactor
+from lora_harness.redact import Redactor
 
 MANIFEST_NAME = "run.json"
 SCHEMA = 1

@@ -21,7 +21,7 @@ from lora_harness.judges.base import Score
 from lora_harness.models import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
 from lora_harness.report.manifest import RunManifest
-from lora_harness.report.redact import Redactor
+from lora_harness.redact import Redactor
 from lora_harness.stats import mean_ci
 from lora_harness.store import ScoreRow
 
