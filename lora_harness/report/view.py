@@ -378,7 +378,8 @@ def _checkpoint_view(
             low=None if ci is None else ci.low,
             high=None if ci is None else ci.high,
             n=len(present),
-            errors=sum(1 for v in values[metric] if v is None),
+            # like the terminal table: a judge error counts, a value missing for a reason (no face) does not
+            errors=sum(1 for case in cases if metric in case.cells and case.cells[metric].error is not None),
             failures=sum(1 for v in present if threshold.image is not None and v < threshold.image),
             ok=None if threshold.checkpoint is None or mean is None else metric not in failing,
             colour=_colour(mean, scales.get(metric)),
