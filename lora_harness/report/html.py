@@ -22,6 +22,8 @@ from lora_harness.config import ReportConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.report.manifest import RunManifest, library_versions
 from lora_harness.report.plots import ALL_PROMPTS, trend_plots
+from lora_harness.report.scale_plots import scale_plots
+from lora_harness.report.training_images import training_matches
 from lora_harness.redact import Redactor
 from lora_harness.report.thumbs import Thumbnail, start_thumbnails
 from lora_harness.report.view import ReportView, Rules, build_view
@@ -110,7 +112,16 @@ def build_html_report(
 
     started = time.perf_counter()
     plots = trend_plots(rows, view.metrics)
+    strength_plots = scale_plots(rows, view.metrics)
     timings.phases["plots"] = time.perf_counter() - started
+
+    training = training_matches(
+        (
+            (case.key, [(c.metric, c.value, c.training_image) for c in case.cells.values() if c.training_image])
+            for case in view.cases
+        ),
+        out_dir, options.thumbnail_px, options.images, _relative_url, pixel_limit=options.pixel_limit,
+    )
 
     started = time.perf_counter()
     images = _image_refs(view, out_dir, options, thumbnails.result())
@@ -124,6 +135,8 @@ def build_html_report(
         generated_at=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         view=view,
         plots=plots,
+        strength_plots=strength_plots,
+        training=training,
         all_prompts=ALL_PROMPTS,
         prompts=prompts,
         images=images,

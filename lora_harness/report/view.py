@@ -21,6 +21,7 @@ from lora_harness.judges.base import Score
 from lora_harness.models import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
 from lora_harness.report.manifest import RunManifest
+from lora_harness.report.training_images import training_image_of
 from lora_harness.redact import Redactor
 from lora_harness.stats import mean_ci
 from lora_harness.store import ScoreRow
@@ -68,6 +69,7 @@ class MetricCell:
     justification: str | None
     raw_json: str
     unavailable: bool = False  # the judge could not run here (model or package absent)
+    training_image: str | None = None  # memorization scores: the most similar training image's path
 
 
 @dataclass
@@ -295,6 +297,7 @@ def _case_view(group: list[ScoreRow], gated: bool, thresholds: dict[str, Thresho
             below=row.metric in below,
             justification=justification,
             unavailable=row.metric in unavailable,
+            training_image=training_image_of(row.metric, raw),
             # compact (no indent): json's C encoder, ~5x faster for 10,000 scores; <pre> wraps it
             raw_json=json.dumps(raw, sort_keys=True, default=str, ensure_ascii=False) if raw else "",
         )
