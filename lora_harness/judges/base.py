@@ -80,6 +80,15 @@ def judge_many(judge: Judge, items: Sequence[tuple[EvalCase, np.ndarray]], conte
     return results
 
 
+def reject_unknown(judge: str, unknown: Mapping[str, Any], allowed: Sequence[str]) -> None:
+    """A typo in a `[[judges]] options` table fails loudly instead of being ignored."""
+    if unknown:
+        raise ValueError(
+            f"{judge} got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
+            f"allowed options: {', '.join(allowed)}"
+        )
+
+
 def error_scores(judge: Judge, message: str) -> list[Score]:
     return [Score(metric, None, error=f"{judge.name}: {message}") for metric in judge.metrics]
 

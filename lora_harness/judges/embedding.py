@@ -16,6 +16,8 @@ from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 
+from lora_harness.judges.base import reject_unknown  # noqa: F401  (re-exported for the judges)
+
 T = TypeVar("T")
 
 
@@ -165,15 +167,6 @@ class Lazy(Generic[T]):
 
 
 # --- option checks -----------------------------------------------------------------------------------------
-
-
-def reject_unknown(judge: str, unknown: dict[str, Any], allowed: Sequence[str]) -> None:
-    """A typo in a `[[judges]] options` table fails loudly instead of being ignored."""
-    if unknown:
-        raise ValueError(
-            f"{judge} got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
-            f"allowed options: {', '.join(allowed)}"
-        )
 
 
 def check_int(judge: str, key: str, value: Any, lo: int, hi: int | None = None) -> int:

@@ -39,7 +39,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from lora_harness.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, register
+from lora_harness.judges.base import JudgeContext, Score, register, reject_unknown
 
 # ITU-R BT.601 luma weights: the grey image the spectrum is computed on.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -314,11 +314,7 @@ class ImageStatsJudge:
         steepness: float = 2.0,
         **unknown: Any,
     ) -> None:
-        if unknown:  # a typo in the TOML table should fail loudly, not be ignored
-            raise ValueError(
-                f"image_stats got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
-                f"allowed options: {', '.join(_OPTIONS)}"
-            )
+        reject_unknown(self.name, unknown, _OPTIONS)
         _check_int("max_side", max_side, 16, None)
         _check_number("hf_cutoff", hf_cutoff, 0.0, 0.5, open_low=True, open_high=True)
         _check_number("peak_db", peak_db, 0.0, None, open_low=True)

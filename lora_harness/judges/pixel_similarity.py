@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from lora_harness.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, register
+from lora_harness.judges.base import JudgeContext, Score, register, reject_unknown
 
 VERSION = "1"
 
@@ -86,7 +86,5 @@ class PixelSimilarityJudge:
 
 @register("pixel_similarity")
 def _create(**options: Any) -> PixelSimilarityJudge:
-    unknown = sorted(set(options) - {"size"})
-    if unknown:
-        raise ValueError(f"pixel_similarity: unknown option(s) {', '.join(unknown)}; allowed: size")
+    reject_unknown("pixel_similarity", {k: v for k, v in options.items() if k != "size"}, ["size"])
     return PixelSimilarityJudge(**options)
