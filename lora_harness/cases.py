@@ -49,13 +49,11 @@ class EvalCase:
 
     @property
     def step_label(self) -> str:
-        """kohya's zero-padded step, or `e`-prefixed epoch, as it appears in file names."""
-        prefix = "e" if self.step_kind == "epoch" else ""
-        return f"{prefix}{self.training_step:06d}"
+        return step_label(self.training_step, self.step_kind)
 
     @property
     def checkpoint_key(self) -> str:
-        return f"{self.loraname}-{'epoch' if self.step_kind == 'epoch' else 'step'}{self.training_step:06d}"
+        return checkpoint_key(self.loraname, self.training_step, self.step_kind)
 
     @property
     def key(self) -> str:
@@ -82,11 +80,21 @@ class Checkpoint:
 
     @property
     def key(self) -> str:
-        return f"{self.loraname}-{'epoch' if self.step_kind == 'epoch' else 'step'}{self.training_step:06d}"
+        return checkpoint_key(self.loraname, self.training_step, self.step_kind)
 
     @property
     def test_id(self) -> str:
         return safe_id(self.key)
+
+
+def step_label(step: int, kind: str) -> str:
+    """kohya's zero-padded step, or `e`-prefixed epoch, as it appears in file names and the study's CSV."""
+    return f"{'e' if kind == 'epoch' else ''}{step:06d}"
+
+
+def checkpoint_key(loraname: str, step: int, kind: str) -> str:
+    """One spelling of a checkpoint's identity, shared by cases, checkpoints and store rows."""
+    return f"{loraname}-{'epoch' if kind == 'epoch' else 'step'}{step:06d}"
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")

@@ -12,6 +12,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from lora_harness.cases import step_label  # noqa: F401  (re-exported: reports import it from here)
 from lora_harness.store import ScoreRow
 
 ID_COLUMNS = ["loraname", "training_step", "prompt_id", "timestamp"]
@@ -40,10 +41,6 @@ class ScoresCsvError(ValueError):
 def metric_order(metrics: Iterable[str]) -> list[str]:
     found = set(metrics)
     return [m for m in RESEARCH_METRICS if m in found] + sorted(found - set(RESEARCH_METRICS))
-
-
-def step_label(step: int, kind: str) -> str:
-    return f"{'e' if kind == 'epoch' else ''}{step:06d}"
 
 
 def wide_frame(rows: list[ScoreRow]) -> pd.DataFrame:
