@@ -87,7 +87,7 @@ class Call:
 
 @dataclass
 class FakeOpenAIServer:
-    latency: float = 0.0
+    latency: float = 0.0  # seconds from a request's arrival to its answer (a real endpoint's response time)
     score_from: str = "brightness"  # or "hash"
     position_bias: float = 0.0
     expected_key: str | None = None  # when set, other keys get 401
@@ -239,8 +239,8 @@ class _Handler(BaseHTTPRequestHandler):
                 server._active -= 1
 
     def _answer(self, server: FakeOpenAIServer, request: Request, started: float) -> None:
-        if server.latency:
-            time.sleep(server.latency)
+        if server.latency:  # the answer leaves `latency` after the request arrived, however long parsing took
+            time.sleep(max(0.0, server.latency - (time.monotonic() - started)))
         if server.expected_key is not None and request.authorization != f"Bearer {server.expected_key}":
             server._record(request, None, 401, started)
             self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",

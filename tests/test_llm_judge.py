@@ -259,6 +259,37 @@ def test_a_bad_image_errors_only_its_own_scores(llm_server, tmp_path):
     assert llm_server.call_count == 1
 
 
+def test_a_cache_that_cannot_be_written_keeps_the_scores_and_warns(llm_server, tmp_path, monkeypatch):
+    from lora_harness.judges.llm import cache as llm_cache
+
+    def disk_full(self, key, value):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(llm_cache.AnswerCache, "put", disk_full)
+    judge = LlmRubricJudge(base_url=llm_server.url, criteria=["eval_person_llm"])
+    items = [(EvalCase("l", 1, Prompt(f"0{i}", "p"), Path(f"{i}.png")), np.full((8, 8, 3), 250 + i, np.uint8)) for i in range(3)]
+    with pytest.warns(UserWarning, match=r"3 of 3 answers could not be written to the cache .*No space left"):
+        results = judge.judge_batch(items, JudgeContext(cache_dir=tmp_path))
+    assert [r[0].value for r in results] == [1.0, 1.0, 1.0] and not any(r[0].error for r in results)
+    monkeypatch.undo()
+    judge.judge_batch(items, JudgeContext(cache_dir=tmp_path))
+    assert llm_server.call_count == 6  # nothing was cached, so the rerun asks again (and now caches)
+    judge.judge_batch(items, JudgeContext(cache_dir=tmp_path))
+    assert llm_server.call_count == 6
+
+
+def test_edge_map_goes_as_a_lossless_png_unless_jpeg_is_asked_for(llm_server, tmp_path):
+    from lora_harness.judges.llm.common import EncodedImage
+
+    pixels = np.zeros((64, 64, 3), np.uint8)
+    pixels[16:48, 16:48] = 255
+    png = EncodedImage(pixels, LlmRubricJudge(base_url=llm_server.url).options).edges_url()
+    jpeg_judge = LlmRubricJudge(base_url=llm_server.url, edges_format="jpeg")
+    jpeg = EncodedImage(pixels, jpeg_judge.options).edges_url()
+    assert png.startswith("data:image/png;base64,") and jpeg.startswith("data:image/jpeg;base64,")
+    assert LlmRubricJudge(base_url=llm_server.url).request_fields(0) != jpeg_judge.request_fields(0)  # own cache entries
+
+
 # --- pairwise ----------------------------------------------------------------------------------------------
 
 

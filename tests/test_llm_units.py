@@ -20,7 +20,14 @@ from lora_harness.judges.llm import cache as llm_cache
 from lora_harness.judges.llm.client import Endpoint, redact, resolve_endpoint
 from lora_harness.judges.llm.cost import CallRecord, Prices, summary_lines, totals_by_judge
 from lora_harness.judges.llm.edges import canny_thresholds, edge_map, median_grey
-from lora_harness.judges.llm.encoding import estimated_image_tokens, jpeg_data_url, pixel_hash
+from lora_harness.judges.llm.calls import json_body
+from lora_harness.judges.llm.encoding import (
+    estimated_image_tokens,
+    jpeg_data_url,
+    one_opencv_thread,
+    pixel_hash,
+    png_bilevel_data_url,
+)
 from lora_harness.judges.llm.options import RubricOptions, parse_options
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds, split
 from lora_harness.judges.llm.rubrics import CRITERIA, RUBRIC_DIGEST, images_needed, rubric_messages, select_criteria
@@ -151,6 +158,49 @@ def test_jpeg_data_url_respects_max_side_and_decodes():
     assert abs(np.asarray(decoded)[:, :100].mean() - 200) < 3
     small = jpeg_data_url(np.full((32, 32), 7, dtype=np.uint8), max_side=256, quality=90)
     assert Image.open(io.BytesIO(base64.b64decode(small.split(",", 1)[1]))).size == (32, 32)  # never upscaled
+
+
+def test_edge_map_png_is_lossless_one_bit_and_far_smaller_than_jpeg():
+    rng = np.random.default_rng(0)
+    photo = (rng.random((256, 256, 3)) * 40 + np.linspace(0, 200, 256)[None, :, None]).astype(np.uint8)
+    photo[64:192, 64:192] = 250
+    edges = edge_map(photo)
+    url = png_bilevel_data_url(edges)
+    assert url.startswith("data:image/png;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert decoded.format == "PNG" and decoded.mode == "1"
+    assert np.array_equal(np.asarray(decoded.convert("L")), edges)  # every edge pixel exactly as computed
+    assert len(url) * 3 < len(jpeg_data_url(edges, max_side=1024, quality=90))
+
+
+def test_one_opencv_thread_is_scoped():
+    import cv2
+
+    before = cv2.getNumThreads()
+    with one_opencv_thread():
+        assert cv2.getNumThreads() == 1
+    assert cv2.getNumThreads() == before
+
+
+@pytest.mark.parametrize("text", ["plain", 'quote " and backslash \\ and \n newline', "data:not-an-image", "é ü 中", ""])
+def test_json_body_is_byte_for_byte_what_json_dumps_gives(text):
+    url = "data:image/jpeg;base64," + base64.b64encode(bytes(range(256)) * 20).decode()
+    odd_url = 'data:image/png;base64,AAAA"BBBB'  # not splice-safe: json must escape it
+    payload = {
+        "model": "gpt-4o", "temperature": 0.5, "seed": None, "messages": [
+            {"role": "system", "content": text},
+            {"role": "user", "content": [
+                {"type": "text", "text": text},
+                {"type": "image_url", "image_url": {"url": url, "detail": "auto"}},
+                {"type": "image_url", "image_url": {"url": odd_url}},
+                {"type": "image_url", "image_url": {"url": url}},
+            ]},
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {"name": text, "schema": {"enum": [text, 1.5]}}},
+    }
+    body = json_body(payload)
+    assert body == json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    assert json.loads(body) == payload
 
 
 def test_pixel_hash_is_content_addressed():

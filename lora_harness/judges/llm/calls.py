@@ -13,10 +13,12 @@ errors stop the remaining plans of the batch, since every one of them would fail
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import uuid
-import os
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -24,6 +26,7 @@ from typing import Any, Callable, Sequence
 from lora_harness.judges.llm.cache import AnswerCache
 from lora_harness.judges.llm.client import Endpoint, redact
 from lora_harness.judges.llm.cost import CallRecord, Prices
+from lora_harness.judges.llm.encoding import one_opencv_thread
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, TransientFailure, call_with_retries
 from lora_harness.judges.llm.schemas import response_format
 
@@ -125,7 +128,7 @@ class CallRunner:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                future.set_result(None if stop.reason is not None else plan.build_messages())
+                future.set_result(None if stop.reason is not None else self._body(plan, plan.build_messages()))
             except Exception as exc:  # e.g. an image the encoder cannot handle: this plan only
                 future.set_exception(exc)
 
@@ -136,14 +139,28 @@ class CallRunner:
                 window.acquire()
                 encoders.submit(prepare, plan, future)
 
-        feeder = threading.Thread(target=feed, name=f"{self.judge_name}-feed", daemon=True)
-        feeder.start()
-        try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.judge_name}-call") as pool:
-                return list(pool.map(lambda i: self._ask(plans[i], prepared[i], window, stop), range(len(plans))))
-        finally:
-            feeder.join()
-            encoders.shutdown(wait=True)
+        # Cache writes (fsync: ~5 ms each when 16 land at once) go to one writer thread, so a request slot
+        # moves on to its next request as soon as its answer is parsed.
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.judge_name}-cache")
+        writes: list[Future] = []
+
+        def ask(i: int) -> CallOutcome:
+            outcome = self._ask(plans[i], prepared[i], window, stop)
+            if self.cache is not None and outcome.calls and not outcome.problems:
+                writes.append(writer.submit(self._store, plans[i], outcome))
+            return outcome
+
+        with one_opencv_thread():
+            feeder = threading.Thread(target=feed, name=f"{self.judge_name}-feed", daemon=True)
+            feeder.start()
+            try:
+                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.judge_name}-call") as pool:
+                    return list(pool.map(ask, range(len(plans))))
+            finally:
+                feeder.join()
+                encoders.shutdown(wait=True)
+                writer.shutdown(wait=True)
+                self._report_failed_writes(writes)
 
     # --- one plan --------------------------------------------------------------------------------------
 
@@ -176,18 +193,18 @@ class CallRunner:
     def _ask_prepared(self, plan: CallPlan, prepared: Future, stop: "_Stop") -> CallOutcome:
         outcome = CallOutcome()
         try:
-            messages = prepared.result()
+            body = prepared.result()
         except Exception as exc:
             outcome.problems = {key: f"could not build the request: {type(exc).__name__}: {exc}" for key in plan.keys}
             return outcome
-        if stop.reason is not None or messages is None:
+        if stop.reason is not None or body is None:
             outcome.problems = {key: stop.reason or "not sent" for key in plan.keys}
             return outcome
         problems: dict[str, str] = {}
         for _ in range(self.settings.answer_retries + 1):
             try:
                 response, attempts = call_with_retries(
-                    lambda: self._send(plan, messages),
+                    lambda: self._send(body),
                     policy=self.settings.retry,
                     limiter=self.limiter,
                     tokens=plan.tokens,
@@ -219,7 +236,6 @@ class CallRunner:
             )
             if not problems:
                 outcome.answers = answers
-                self._store(plan, outcome)
                 return outcome
             outcome.answers = answers  # keys that were fine this time, kept if a later attempt fails
         tries = self.settings.answer_retries + 1
@@ -229,8 +245,9 @@ class CallRunner:
         outcome.answers = {k: v for k, v in outcome.answers.items() if k not in outcome.problems}
         return outcome
 
-    def _send(self, plan: CallPlan, messages: list[dict[str, Any]]) -> Any:
-        kwargs: dict[str, Any] = {
+    def _body(self, plan: CallPlan, messages: list[dict[str, Any]]) -> bytes:
+        """The request as JSON bytes, built once per plan in an encoder thread (retries reuse it)."""
+        payload: dict[str, Any] = {
             "model": self.endpoint.model,
             "messages": messages,
             "response_format": response_format(plan.schema_name, plan.schema),
@@ -238,17 +255,19 @@ class CallRunner:
             self.settings.max_tokens_param: self.settings.max_tokens,
         }
         if plan.seed is not None:
-            kwargs["seed"] = plan.seed
-        # `client.post` is the SDK's documented way to send a raw body: same auth, errors and response
-        # model as `chat.completions.create`, without its per-request recursive parameter transform, which
-        # costs ~10 ms of GIL time for messages carrying hundreds of KB of base64 images.
+            payload["seed"] = plan.seed
+        return json_body(payload)
+
+    def _send(self, body: bytes) -> Any:
+        # `post(content=...)` is the SDK's documented way to send a prepared body: same auth, headers,
+        # errors and response model as `chat.completions.create`, without re-serialising (and, in `create`,
+        # recursively transforming) hundreds of KB of base64 images on every attempt.
         from openai.types.chat import ChatCompletion
 
-        return self.client().post("/chat/completions", body=kwargs, cast_to=ChatCompletion)
+        return self.client().post("/chat/completions", content=body, cast_to=ChatCompletion)
 
     def _store(self, plan: CallPlan, outcome: CallOutcome) -> None:
-        if self.cache is None:
-            return
+        assert self.cache is not None
         last = outcome.calls[-1]
         self.cache.put(
             plan.key,
@@ -261,6 +280,18 @@ class CallRunner:
                 "request": plan.cache_fields,
             },
         )
+
+    def _report_failed_writes(self, writes: list[Future]) -> None:
+        """A cache entry that could not be written costs a repeated call on the next run, never an answer."""
+        failed = [f.exception() for f in writes if f.exception() is not None]
+        if failed:
+            where = self.cache.root if self.cache is not None else "?"
+            warnings.warn(
+                f"{self.judge_name}: {len(failed)} of {len(writes)} answers could not be written to the cache at "
+                f"{where} ({type(failed[0]).__name__}: {self._redact(str(failed[0]))}); the scores are kept, "
+                "a rerun asks for those answers again. Check free space and permissions there.",
+                stacklevel=2,
+            )
 
     # --- errors ----------------------------------------------------------------------------------------
 
@@ -283,6 +314,42 @@ class CallRunner:
         if status == 404:
             return f"not found at {where} ({text}); check the model name {self.endpoint.model!r} and base_url", True
         return f"request failed: {text}", False
+
+
+def json_body(payload: dict[str, Any]) -> bytes:
+    """`payload` (a chat-completions request) as compact JSON bytes, image data URLs spliced in as they are.
+
+    A base64 data URL needs no JSON escaping, yet `json.dumps` scans every character of it: ~1 ms of GIL
+    time per request for the ~200 KB of images a rubric call carries. The rest of the request is still
+    serialised by `json`, so the bytes are exactly what `json.dumps` would produce.
+    """
+    marker = f"{uuid.uuid4().hex}:"  # random per request: no text in the payload can contain it
+    urls: list[str] = []
+    messages = []
+    for message in payload.get("messages", []):
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                url = (part.get("image_url") or {}).get("url") if part.get("type") == "image_url" else None
+                if isinstance(url, str) and _splice_safe(url):
+                    part = {**part, "image_url": {**part["image_url"], "url": f"{marker}{len(urls)}"}}
+                    urls.append(url)
+                parts.append(part)
+            message = {**message, "content": parts}
+        messages.append(message)
+    skeleton = json.dumps({**payload, "messages": messages}, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    pieces = skeleton.split(f'"{marker}')
+    out = [pieces[0].encode()]
+    for piece in pieces[1:]:
+        index, rest = piece.split('"', 1)
+        out += [b'"', urls[int(index)].encode("ascii"), b'"', rest.encode()]
+    return b"".join(out)
+
+
+def _splice_safe(url: str) -> bool:
+    """A base64 data URL: ASCII with no quote or backslash, so its JSON form is itself."""
+    return url.startswith("data:") and url.isascii() and '"' not in url and "\\" not in url
 
 
 class _Stop:

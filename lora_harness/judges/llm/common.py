@@ -19,7 +19,13 @@ from lora_harness.judges.llm.calls import CallRunner, CallSettings
 from lora_harness.judges.llm.client import Endpoint, make_client, resolve_endpoint
 from lora_harness.judges.llm.cost import Prices
 from lora_harness.judges.llm.edges import EDGE_VERSION, edge_map
-from lora_harness.judges.llm.encoding import estimated_image_tokens, fit_max_side, jpeg_data_url, pixel_hash
+from lora_harness.judges.llm.encoding import (
+    estimated_image_tokens,
+    fit_max_side,
+    jpeg_data_url,
+    pixel_hash,
+    png_bilevel_data_url,
+)
 from lora_harness.judges.llm.options import LlmOptions
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, split
 from lora_harness.judges.llm.rubrics import RUBRIC_DIGEST, RUBRIC_VERSION
@@ -50,7 +56,10 @@ class EncodedImage:
         with self._lock:
             if self._edges is None:
                 edges = edge_map(fit_max_side(self.pixels, self.options.max_side))
-                self._edges = jpeg_data_url(edges, max_side=self.options.max_side, quality=self.options.jpeg_quality)
+                if self.options.edges_format == "png":
+                    self._edges = png_bilevel_data_url(edges)
+                else:
+                    self._edges = jpeg_data_url(edges, max_side=self.options.max_side, quality=self.options.jpeg_quality)
             return self._edges
 
     def tokens(self) -> int:
@@ -146,7 +155,7 @@ class LlmJudgeBase:
             "repeat": repeat,
             "seed": None if o.seed is None else o.seed + repeat,
             "temperature": o.temperature,
-            "encoding": [o.max_side, o.jpeg_quality, o.detail],
+            "encoding": [o.max_side, o.jpeg_quality, o.detail, o.edges_format],
             "edges": EDGE_VERSION,
         }
 

@@ -32,6 +32,7 @@ class LlmOptions(BaseModel):
     max_side: int = Field(1024, ge=64, le=8192)
     jpeg_quality: int = Field(90, ge=10, le=100)
     detail: Literal["auto", "low", "high"] = "auto"
+    edges_format: Literal["png", "jpeg"] = "png"  # "jpeg": the study's encoding of the edge map, bit for bit
     max_references: int = Field(1, ge=1, le=8)
     # throughput and failures
     max_in_flight: int = Field(8, ge=1, le=512)  # for the whole run: split across xdist workers
