@@ -371,6 +371,20 @@ def test_options_errors_name_the_option_and_the_fix():
     assert parse_options(RubricOptions, "llm_rubric", {"repeats": 3, "temperature": 0.7}).repeats == 3
 
 
+def test_seed_false_in_toml_sends_no_seed():
+    import tomllib
+
+    options = tomllib.loads("seed = false")
+    assert parse_options(RubricOptions, "llm_rubric", options).seed is None
+    assert parse_options(RubricOptions, "llm_rubric", {"seed": 7}).seed == 7
+    with pytest.raises(ValueError, match="seed: seed = true is not a seed: give an integer, or false"):
+        parse_options(RubricOptions, "llm_rubric", {"seed": True})
+    from lora_harness.judges.llm import LlmRubricJudge
+
+    judge = LlmRubricJudge(base_url="http://127.0.0.1:9/v1", seed=False)
+    assert judge.seed(0) is None and judge.request_fields(1)["seed"] is None
+
+
 def test_endpoint_key_from_environment_before_dotenv_and_never_in_repr(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text("OPENAI_API_KEY=sk-from-dotenv\nOPENAI_BASE_URL=http://localhost:9999/v1\n")

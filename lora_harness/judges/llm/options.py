@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class LlmOptions(BaseModel):
@@ -25,7 +25,7 @@ class LlmOptions(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(1500, gt=0)
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
-    seed: int | None = 0  # repeat r is asked with seed + r
+    seed: int | None = 0  # repeat r is asked with seed + r; `seed = false` in TOML (no null there): send none
     repeats: int = Field(1, ge=1, le=50)
     timeout: float = Field(60.0, gt=0.0)
     # images
@@ -59,6 +59,16 @@ class LlmOptions(BaseModel):
                         "environment variable named by api_key_env (default OPENAI_API_KEY) or in a .env file"
                     )
         return data
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _seed_false_means_none(cls, value: Any) -> Any:
+        """TOML has no null, so `seed = false` switches the seed off (for endpoints that reject the field)."""
+        if value is False:
+            return None
+        if value is True:
+            raise ValueError("seed = true is not a seed: give an integer, or false to send no seed")
+        return value
 
     @model_validator(mode="after")
     def _repeats_need_randomness(self) -> "LlmOptions":
