@@ -242,6 +242,7 @@ def _resolve_paths(config: EvalConfig, base: Path) -> EvalConfig:
                 for s in config.sources
             ],
             "pipeline": config.pipeline.resolved(base),
+            "judges": [_resolve_judge_paths(j, base) for j in config.judges],
             "person": config.person.model_copy(update={"references": [resolve(r) for r in config.person.references]}),
             "baseline": config.baseline and config.baseline.model_copy(update={"run": resolve(config.baseline.run)}),
             "memorization": config.memorization and config.memorization.model_copy(
@@ -249,6 +250,29 @@ def _resolve_paths(config: EvalConfig, base: Path) -> EvalConfig:
             ),
         }
     )
+
+
+def _resolve_judge_paths(judge: JudgeConfig, base: Path) -> JudgeConfig:
+    """Judge options that name files, relative to the config file like every other path in it.
+
+    `env_file` is always a path. `model` may be a folder or a name (a hub id, or an API model such as
+    `gpt-4o`), so it becomes a path only when it is one: it exists beside the config, or it is written
+    as one (`./`, `../`). Otherwise the judge resolves it as before, from the working directory or
+    the hub.
+    """
+    options = dict(judge.options)
+    env_file = options.get("env_file")
+    if isinstance(env_file, str) and env_file.strip():
+        path = Path(env_file).expanduser()
+        options["env_file"] = str(path if path.is_absolute() else (base / path).resolve())
+    model = options.get("model")
+    if isinstance(model, str) and model.strip():
+        path = Path(model.strip()).expanduser()
+        candidate = path if path.is_absolute() else base / path
+        written_as_path = model.strip().startswith(("./", "../", ".\\", "..\\"))
+        if not path.is_absolute() and (candidate.exists() or written_as_path):
+            options["model"] = str(candidate.resolve())
+    return judge.model_copy(update={"options": options})
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -156,6 +156,37 @@ def test_override_creates_missing_sections_and_relative_paths_follow_the_config(
     assert config.run.report_dir == path.parent.resolve() / "rel"
 
 
+def test_judge_model_folders_and_env_files_are_relative_to_the_config(tmp_path, monkeypatch):
+    path = write_config(tmp_path, MINIMAL + """
+[[judges]]
+name = "clip_score"
+options = { model = "models/clip" }
+
+[[judges]]
+name = "dino"
+options = { model = "./models/not-downloaded" }
+
+[[judges]]
+name = "clip_i"
+options = { model = "openai/clip-vit-base-patch16" }
+
+[[judges]]
+name = "llm_rubric"
+options = { model = "gpt-4o", env_file = "secrets/.env" }
+""")
+    (path.parent / "models" / "clip").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # pytest started from another folder: the config's folder still counts
+    options = {j.name: j.options for j in load_config(path).judges}
+    base = path.parent.resolve()
+    assert options["clip_score"]["model"] == str(base / "models" / "clip")
+    assert options["dino"]["model"] == str(base / "models" / "not-downloaded")  # written as a path: where it looked
+    assert options["clip_i"]["model"] == "openai/clip-vit-base-patch16"  # a hub id stays one
+    assert options["llm_rubric"] == {"model": "gpt-4o", "env_file": str(base / "secrets" / ".env")}
+    assert options["image_stats"] == {}
+
+
 def test_overrides_are_validated_too(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(write_config(tmp_path, MINIMAL), {"gate.checkpoints": "newest"})
