@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Mapping, Sequence
 
 from lora_harness.cases import Checkpoint
 from lora_harness.config import GateSpec, StatsConfig, Threshold
@@ -79,14 +79,20 @@ def checkpoint_findings(
 
 
 def gated_checkpoints(
-    checkpoints: Iterable[Checkpoint], spec: GateSpec, best: Mapping[str, Checkpoint] | None = None
+    checkpoints: Iterable[Checkpoint],
+    spec: GateSpec,
+    best: Mapping[str, Checkpoint] | None = None,
+    *,
+    baselines: Collection[str] = (),
 ) -> set[Checkpoint]:
     """`latest`: the highest step of each LoRA; `all`; the listed steps of every LoRA; or `best`.
 
     `best` depends on scores, which this function does not see: the caller resolves it first
-    (`best_checkpoint.choose_best`) and passes the chosen checkpoint per LoRA name.
+    (`best_checkpoint.choose_best`) and passes the chosen checkpoint per LoRA name. `baselines` are the
+    LoRA names of reference images (the base model, or a previous LoRA, see `baseline` in generate
+    sources): they are what a candidate is compared with, so the thresholds never gate them.
     """
-    checkpoints = list(checkpoints)
+    checkpoints = [c for c in checkpoints if c.loraname not in baselines]
     if spec == "all":
         return set(checkpoints)
     if spec == "best":

@@ -47,7 +47,13 @@ class Harness:
             {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
         )
         # gate "best" depends on scores: chosen per LoRA on first use (`best_choice`), not here.
-        self._gated = None if config.gate.checkpoints == "best" else gated_checkpoints(self.checkpoints, config.gate.checkpoints)
+        # Baselines (the base model, a previous LoRA) are references: compared with, never gated.
+        self.baselines = frozenset(c.loraname for c in self.cases if c.extra.get("role") == "baseline")
+        self._gated = (
+            None
+            if config.gate.checkpoints == "best"
+            else gated_checkpoints(self.checkpoints, config.gate.checkpoints, baselines=self.baselines)
+        )
         self._best: dict[str, BestChoice] = {}
         if isinstance(config.gate.checkpoints, list):
             steps = {c.training_step for c in self.checkpoints}
@@ -100,6 +106,8 @@ class Harness:
         return self._gated
 
     def is_gated(self, checkpoint: Checkpoint) -> bool:
+        if checkpoint.loraname in self.baselines:
+            return False
         if self._gated is None:
             best = self.best_choice(checkpoint.loraname).best
             return best is not None and best.checkpoint == checkpoint

@@ -27,6 +27,7 @@ from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
+from lora_harness.sources.generate import baseline_names
 from lora_harness.sources.samples import SampleFolderError
 from lora_harness.stats import CheckpointAggregates
 from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
@@ -580,7 +581,10 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         spec = eval_config.gate.checkpoints
         choices = choose_best(means_from_rows(latest_rows(rows)), eval_config.best) if spec == "best" or eval_config.best else {}
         best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}
-        gated = {(c.loraname, step_label(c.training_step, c.step_kind)) for c in gated_checkpoints(checkpoints, spec, best=best)}
+        gated = {
+            (c.loraname, step_label(c.training_step, c.step_kind))
+            for c in gated_checkpoints(checkpoints, spec, best=best, baselines=baseline_names(eval_config.sources))
+        }
         tr.write_line(format_table(summarize(latest_rows(rows), eval_config.thresholds, eval_config.stats), gated))
         for choice in choices.values():
             tr.write_line(choice.describe())

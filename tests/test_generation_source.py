@@ -250,6 +250,31 @@ def test_baselines_share_prompts_and_seeds_and_identical_ones_are_generated_once
     assert prev.is_baseline and not by_name["r4"][0].is_baseline
 
 
+def test_baselines_are_references_never_gated(tmp_path):
+    from lora_harness.cases import Checkpoint
+    from lora_harness.gates import gated_checkpoints
+    from lora_harness.harness import Harness
+    from lora_harness.report.view import Rules
+    from lora_harness.sources.generate import baseline_names
+
+    write_lora(tmp_path / "r4.safetensors", metadata={"ss_steps": "500"}, seed=1)
+    write_lora(tmp_path / "old.safetensors", metadata={"ss_steps": "900"}, seed=3)
+    sources = [
+        {"kind": "generate", "lora": "r4.safetensors", "prompts": ["a"], "baseline": "none"},
+        {"kind": "generate", "lora": "r4.safetensors", "loraname": "r4-vs-old", "prompts": ["a"], "baseline": "old.safetensors"},
+    ]
+    parsed = parse_config({"sources": sources, "judges": [{"name": "image_stats"}]}, base_dir=tmp_path)
+    assert baseline_names(parsed.sources) == {"base-model", "old"}
+    harness = Harness(parsed, run_id="r1")
+    assert harness.baselines == {"base-model", "old"}
+    assert harness.gated == {Checkpoint("r4", 500), Checkpoint("r4-vs-old", 500)}  # gate "latest" per LoRA
+    assert not harness.is_gated(Checkpoint("base-model", 0)) and not harness.is_gated(Checkpoint("old", 900))
+    every = {Checkpoint("base-model", 0), Checkpoint("old", 900), Checkpoint("r4", 500)}
+    for spec in ("latest", "all", [0, 500, 900]):
+        assert gated_checkpoints(every, spec, baselines=harness.baselines) == {Checkpoint("r4", 500)}
+    assert Rules.of(parsed).baselines == {"base-model", "old"}  # the report and terminal table agree
+
+
 def test_baseline_named_like_the_lora_is_an_error(tmp_path):
     write_lora(tmp_path / "x.safetensors")
     source = {"lora": "x.safetensors", "prompts": ["a"], "baseline": "none", "baseline_name": "x"}

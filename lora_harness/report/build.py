@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 
 from lora_harness.cases import Checkpoint
 from lora_harness.gates import gated_checkpoints
+from lora_harness.sources.generate import baseline_names
 
 from lora_harness.config import EvalConfig
 from lora_harness.report.csv import write_score_csvs
@@ -39,7 +40,7 @@ def _gated_keys(config: EvalConfig, checkpoints: Iterable[Checkpoint]) -> list[s
     checkpoints = list(checkpoints)
     if config.gate.checkpoints == "best" or not checkpoints:
         return None
-    return sorted(c.key for c in gated_checkpoints(checkpoints, config.gate.checkpoints))
+    return sorted(c.key for c in gated_checkpoints(checkpoints, config.gate.checkpoints, baselines=baseline_names(config.sources)))
 
 
 def report_run(

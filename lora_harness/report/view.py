@@ -23,6 +23,7 @@ from lora_harness.report.csv import metric_order, step_label
 from lora_harness.report.manifest import RunManifest
 from lora_harness.report.training_images import training_image_of
 from lora_harness.redact import Redactor
+from lora_harness.sources.generate import baseline_names
 from lora_harness.stats import mean_ci
 from lora_harness.store import ScoreRow
 
@@ -43,10 +44,12 @@ class Rules:
     best: BestConfig | None = None
     stats: StatsConfig = StatsConfig()
     gated_keys: frozenset[str] | None = None  # recorded by the run (all checkpoints it collected); else derived
+    baselines: frozenset[str] = frozenset()  # LoRA names of reference images: never gated
 
     @classmethod
     def of(cls, config: EvalConfig) -> "Rules":
-        return cls(dict(config.thresholds), config.gate.checkpoints, config.best, config.stats)
+        return cls(dict(config.thresholds), config.gate.checkpoints, config.best, config.stats,
+                   baselines=baseline_names(config.sources))
 
     @classmethod
     def of_manifest(cls, manifest: "RunManifest") -> "Rules":
@@ -162,7 +165,7 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
     if rules.gated_keys is not None:  # a shard's rows alone cannot tell which checkpoint is the latest
         gated = {c for c in checkpoint_of.values() if c.key in rules.gated_keys}
     else:
-        gated = gated_checkpoints(set(checkpoint_of.values()), rules.gate, best=best)
+        gated = gated_checkpoints(set(checkpoint_of.values()), rules.gate, best=best, baselines=rules.baselines)
 
     cases = [
         _case_view(group, checkpoint_of[key] in gated, thresholds, redactor)

@@ -284,6 +284,34 @@ def image_path(run_dir: Path, loraname: str, step_label: str, prompt_id: str, se
     return run_dir / IMAGES_DIRNAME / name / f"{name}_{step_label}_{prompt_id}_{seed}.png"
 
 
+def baseline_name(source: GenerateSource) -> str | None:
+    """The LoRA name the source's baseline cases carry (None: no baseline)."""
+    if source.baseline is None:
+        return None
+    if source.baseline_name or source.baseline_is_base_model:
+        return source.baseline_name or BASE_MODEL_NAME
+    (base,) = find_checkpoints([source.baseline])  # type: ignore[list-item]
+    return base.loraname
+
+
+def baseline_names(sources: Any) -> frozenset[str]:
+    """LoRA names of the generate sources' baselines: reference images to compare against, never gated.
+
+    A baseline file that cannot be read (moved since the run) is left out: its cases then gate like any
+    checkpoint, which errs on the strict side.
+    """
+    names = set()
+    for source in sources:
+        if isinstance(source, GenerateSource):
+            try:
+                name = baseline_name(source)
+            except (OSError, ValueError, GenerateSourceError):
+                continue
+            if name is not None:
+                names.add(name)
+    return frozenset(names)
+
+
 def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[GeneratedCase]:
     """One case per (checkpoint, prompt, seed), plus the baseline's cases on the same prompts and seeds."""
     checkpoints = find_checkpoints(source.lora, final_step=source.final_step)
