@@ -315,6 +315,10 @@ class Harness:
         """Why metrics of these cases are missing because a judge's model or package is absent here."""
         return sorted(set(self._unavailable_metrics(cases).values()))
 
+    def unavailable_reason(self, cases: list[EvalCase], metric: str) -> str | None:
+        """Why `metric` is missing for these cases because its judge cannot run here, or None."""
+        return self._unavailable_metrics(cases).get(metric)
+
     def _unavailable_metrics(self, cases: list[EvalCase]) -> dict[str, str]:
         return {
             metric: str(score.raw[UNAVAILABLE_KEY])

@@ -346,3 +346,21 @@ def test_baseline_test_is_skipped_with_a_reason_when_none_is_configured(pytester
     )
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*SKIPPED*no baseline configured: add [[]baseline] with `lora = *` or `run = *`*"])
+
+
+@pytest.mark.slow
+def test_baseline_of_a_metric_whose_judge_cannot_run_here_is_skipped_not_failed(pytester: pytest.Pytester) -> None:
+    sample_folder(pytester.path, "base", {800: r4_images(800)})
+    sample_folder(pytester.path, "equal", {800: r4_images(800)})
+    extra = (
+        '[[judges]]\nname = "clip_score"\noptions = { model = "./models/clip-not-downloaded" }\n\n'
+        '[baseline]\nlora = "base"\nmargins = { spectral_score = 0.05, clip_score = 0.02 }\n'
+    )
+    (pytester.path / "lora_eval.toml").write_text(config_text(["base", "equal"], extra))
+    (pytester.path / "test_regression.py").write_text(EVAL_TESTS)
+    result = pytester.runpytest_subprocess(
+        "--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", "-rs", "-k", "test_baseline"
+    )
+    result.assert_outcomes(passed=1, skipped=1)  # spectral_score compared; clip_score skipped, saying why
+    result.stdout.fnmatch_lines(["*SKIPPED*not compared: *clip-not-downloaded*"])
+
