@@ -581,7 +581,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for run_dir in sorted(state.run_dirs):
         rows = list(read_rows(run_dir, run_id=state.run_id))
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")
+        # Every collected checkpoint, not just this shard's rows: "latest" is the latest of the whole sweep.
         checkpoints = {Checkpoint(r.loraname, r.training_step, r.step_kind) for r in rows}  # type: ignore[arg-type]
+        checkpoints |= state.checkpoints | set(state._harness.checkpoints if state._harness else ())
         spec = eval_config.gate.checkpoints
         choices = choose_best(means_from_rows(latest_rows(rows)), eval_config.best) if spec == "best" or eval_config.best else {}
         best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}

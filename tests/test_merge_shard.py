@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -191,6 +192,8 @@ def test_two_shards_merged_equal_the_unsharded_run(pytester: pytest.Pytester) ->
     shard_cases = [{key for key, _ in values(reports / name)} for name in ("shard1", "shard2")]
     assert not shard_cases[0] & shard_cases[1]
     assert read_manifest(reports / "shard1").sessions[0].shard == "1/2"
+    for result in (first, second):  # the terminal table marks only the sweep's latest checkpoint as gated
+        assert not re.search(r"\* personal-lora-demo-r4 000[246]00", result.stdout.str())
     for name in ("shard1", "shard2"):  # gating knows every checkpoint, not just the shard's own
         assert read_manifest(reports / name).sessions[0].gated == ["personal-lora-demo-r4-step000800"]
         html = (reports / name / "report.html").read_text()
