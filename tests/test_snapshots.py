@@ -150,6 +150,18 @@ def test_snapshot_update_then_equal_then_tiny_change_then_regression(
     ])
     assert "magnitude_score: snapshot" in worse.stdout.str()
 
+    # 5. a judge that cannot run here (a model not downloaded): skipped with the reason, not "no value",
+    #    and --snapshot-update leaves the stored means alone
+    before = path.read_text()
+    config = pytester.path / "lora_eval.toml"
+    config.write_text(config.read_text().replace(
+        "[snapshot]", '[[judges]]\nname = "clip_score"\noptions = { model = "./models/clip-not-here" }\n\n[snapshot]'))
+    for args in ((), ("--snapshot-update",)):
+        skipped = run(pytester, "-rs", *args)
+        skipped.assert_outcomes(skipped=1)
+        skipped.stdout.fnmatch_lines(["*SKIPPED*snapshot not compared: *clip-not-here*"])
+        assert path.read_text() == before
+
 
 def test_tolerances_for_unknown_metrics_are_a_config_error(tmp_path: Path) -> None:
     from lora_harness.config import ConfigError, load_config
