@@ -27,7 +27,7 @@ from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
-from lora_harness.sources.generate import baseline_names
+from lora_harness.sources.generate import GenerateSource, baseline_names
 from lora_harness.sources.samples import SampleFolderError
 from lora_harness.stats import CheckpointAggregates
 from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
@@ -304,7 +304,9 @@ class _ShardAndProgress:
         state = _state(self.config)
         if state.progress is None:
             interval = float(self.config.getoption("lora_progress"))
-            state.progress = PhaseProgress("judging", info["checkpoints"], info["images"], interval=interval)
+            generates = any(isinstance(source, GenerateSource) for source in state.eval_config().sources)
+            phase = "generating and judging" if generates else "judging"  # images are made when first needed
+            state.progress = PhaseProgress(phase, info["checkpoints"], info["images"], interval=interval)
         line = state.progress.item_done(info["checkpoint"], info["size"])
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if line and reporter is not None:

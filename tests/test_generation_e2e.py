@@ -129,8 +129,9 @@ def test_generate_judge_csv_then_a_rerun_reuses_every_image(pytester: pytest.Pyt
     # The rerun (two xdist workers) judges again from the cache: no pipeline, no LoRA, no image made.
     mtimes = {p: p.stat().st_mtime_ns for p in (run_dir / "images").rglob("*.png")}
     before = len(events(run_dir))
-    second = run(pytester, "test_lora.py", "-n", "2")
+    second = run(pytester, "test_lora.py", "-n", "2", "--lora-progress", "0")
     second.assert_outcomes(passed=6)
+    second.stdout.fnmatch_lines(["*lora-harness generating and judging: 2/2 checkpoints (4/4 images), *, done"])
     new = events(run_dir)[before:]
     assert sorted((e["event"], e["action"]) for e in new) == [("image", "reused")] * 4
     assert {e["worker"] for e in new} <= {"gw0", "gw1"}
