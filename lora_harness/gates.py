@@ -27,10 +27,13 @@ class Finding:
     error: str | None = None
     statistic: str = "mean"  # what `value` is at checkpoint level: "mean" or "ci_low" (threshold `on`)
     detail: str | None = None  # the rest of the aggregate (mean, CI, n) for the message
+    maximum: float | None = None  # a ceiling instead of a minimum (memorization: similarity to training images)
 
     def describe(self) -> str:
         if self.error is not None:
             return f"{self.metric}: no score ({self.error})"
+        if self.maximum is not None:
+            return f"{self.metric} = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum)"
         if self.statistic == "ci_low":
             return (f"{self.metric} CI low = {self.value:.4f} < {self.minimum:.4f} "
                     f"(per-{self.level} minimum on the CI's lower bound; {self.detail})")
@@ -50,6 +53,15 @@ def image_findings(scores: Mapping[str, Score], thresholds: Mapping[str, Thresho
         if score.value < threshold.image:
             findings.append(Finding(metric, score.value, threshold.image, "image"))
     return findings
+
+
+def ceiling_findings(scores: Mapping[str, Score], ceilings: Mapping[str, float]) -> list[Finding]:
+    """Values above their ceiling (e.g. `memorization_<judge>_max`: a near-copy of a training image)."""
+    return [
+        Finding(metric, score.value, None, "image", maximum=ceiling)
+        for metric, ceiling in ceilings.items()
+        if (score := scores.get(metric)) is not None and score.value is not None and score.value > ceiling
+    ]
 
 
 def checkpoint_findings(

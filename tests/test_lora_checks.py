@@ -145,6 +145,13 @@ def test_memorization_flags_the_copied_image_and_names_the_training_file(run) ->
     assert stored["tiny-person-epoch000001-p00-s11"].value < 0.9999
     # The case's own judges still run afterwards (memorization does not stand in for its score set).
     assert set(harness.score(harness.cases_of(E1)[0])) == {"pixel_similarity_mean", "pixel_similarity_max"}
+    # The report lists the near-copy among the failing cases, with the ceiling it broke.
+    from lora_harness.report.view import Rules, build_view
+
+    view = build_view(latest_rows(read_rows(root / "reports" / "checks")), Rules.of(harness.config))
+    flagged = {c.key: c.findings for c in view.failing_cases}
+    assert "memorization_pixel_similarity_max = 1.0000 > 0.9999 (per-image maximum)" in flagged["tiny-person-epoch000002-p00-s11"]
+    assert not any("memorization" in f for f in flagged.get("tiny-person-epoch000001-p00-s11", []))
 
 
 def test_check_scores_reach_the_store_and_csv_per_step(run) -> None:

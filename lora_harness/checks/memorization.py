@@ -50,6 +50,14 @@ def ceiling(config: "MemorizationConfig", judge: str) -> float | None:
     return config.max_similarity
 
 
+def memorization_ceilings(config: "EvalConfig") -> dict[str, float]:
+    """`memorization_<judge>_max` -> its ceiling, for the report (empty without a [memorization] section)."""
+    if config.memorization is None:
+        return {}
+    limits = {metric_name(judge): ceiling(config.memorization, judge) for judge in config.memorization.judges}
+    return {metric: limit for metric, limit in limits.items() if limit is not None}
+
+
 class MemorizationCheck:
     """Training images and similarity judges, loaded once per process on first use."""
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, ReportConfig, StatsConfig, Threshold
 from lora_harness.redact import Redactor
 
@@ -68,6 +69,7 @@ class RunManifest(_Model):
     config_hash: str
     config_path: str | None = None
     thresholds: dict[str, Threshold] = {}
+    ceilings: dict[str, float] = {}  # metric -> maximum (memorization near-copies)
     gate: GateSpec = "latest"
     best: BestConfig | None = None
     stats: StatsConfig = StatsConfig()
@@ -171,6 +173,7 @@ def record_session(
         config_hash=session.config_hash,
         config_path=str(config.path) if config.path else None,
         thresholds=dict(config.thresholds),
+        ceilings=memorization_ceilings(config),
         gate=config.gate.checkpoints,
         best=config.best,
         stats=config.stats,

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from lora_harness.best_checkpoint import choose_best, means_from_rows
+from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.cases import Checkpoint, safe_id
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
-from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.gates import Finding, ceiling_findings, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.judges.base import Score
 from lora_harness.models import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
@@ -45,17 +46,19 @@ class Rules:
     stats: StatsConfig = StatsConfig()
     gated_keys: frozenset[str] | None = None  # recorded by the run (all checkpoints it collected); else derived
     baselines: frozenset[str] = frozenset()  # LoRA names of reference images: never gated
+    ceilings: Mapping[str, float] = field(default_factory=dict)  # metric -> maximum (memorization near-copies)
 
     @classmethod
     def of(cls, config: EvalConfig) -> "Rules":
         return cls(dict(config.thresholds), config.gate.checkpoints, config.best, config.stats,
-                   baselines=baseline_names(config.sources))
+                   baselines=baseline_names(config.sources), ceilings=memorization_ceilings(config))
 
     @classmethod
     def of_manifest(cls, manifest: "RunManifest") -> "Rules":
         gated = manifest.gated
         keys = None if gated is None or manifest.gate == "best" else frozenset(gated)
-        return cls(dict(manifest.thresholds), manifest.gate, manifest.best, manifest.stats, keys)
+        return cls(dict(manifest.thresholds), manifest.gate, manifest.best, manifest.stats, keys,
+                   ceilings=dict(manifest.ceilings))
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,7 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         gated = gated_checkpoints(set(checkpoint_of.values()), rules.gate, best=best, baselines=rules.baselines)
 
     cases = [
-        _case_view(group, checkpoint_of[key] in gated, thresholds, redactor)
+        _case_view(group, checkpoint_of[key] in gated, thresholds, rules.ceilings, redactor)
         for key, group in by_case.items()
     ]
     cases.sort(key=lambda c: (c.loraname, c.step_kind, c.training_step, c.prompt_id, c.seed or 0, c.key))
@@ -279,11 +282,13 @@ def justification_of(raw: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _case_view(group: list[ScoreRow], gated: bool, thresholds: dict[str, Threshold], redactor: Redactor) -> CaseView:
+def _case_view(
+    group: list[ScoreRow], gated: bool, thresholds: dict[str, Threshold], ceilings: Mapping[str, float], redactor: Redactor
+) -> CaseView:
     first = group[0]
     scores = {row.metric: Score(row.metric, row.value, row.raw, row.error) for row in group}
-    findings = image_findings(scores, thresholds)
-    below = {f.metric for f in findings if f.error is None}
+    findings = image_findings(scores, thresholds) + ceiling_findings(scores, ceilings)
+    below = {f.metric for f in findings if f.error is None}  # out of bounds: under a minimum or over a ceiling
     unavailable = _unavailable(group)
     cells = {}
     for row in group:
