@@ -19,6 +19,7 @@ from lora_harness.baseline import BaselineError, Comparison
 from lora_harness.best_checkpoint import choose_best, means_from_rows
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks import targets as lora_checks
+from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.gate_check import Gate
@@ -595,7 +596,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         rows = list(read_rows(run_dir, run_id=state.run_id))
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")
         # Every collected checkpoint, not just this shard's rows: "latest" is the latest of the whole sweep.
-        checkpoints = {Checkpoint(r.loraname, r.training_step, r.step_kind) for r in rows}  # type: ignore[arg-type]
+        # (Leakage / strength images have LoRA names of their own, and no thresholds: never gated.)
+        checkpoints = {Checkpoint(r.loraname, r.training_step, r.step_kind) for r in rows if r.variant not in CHECK_ROLES}  # type: ignore[arg-type]
         checkpoints |= state.checkpoints | set(state._harness.checkpoints if state._harness else ())
         spec = eval_config.gate.checkpoints
         choices = choose_best(means_from_rows(latest_rows(rows)), eval_config.best) if spec == "best" or eval_config.best else {}

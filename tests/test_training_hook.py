@@ -4,6 +4,7 @@ watcher's file detection (`lora-harness watch`, kohya) as bounded units."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -146,11 +147,14 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
     for name in ("test_lora.py", "test_lora_checks.py"):  # renamed: this process imported tests/test_lora_checks.py
         shutil.copy(REPO / "evals" / name, suite / name.replace("test_", "test_suite_"))
     commands: list[list[str]] = []
+    outputs: list[str] = []
 
     def run_in_process(command: list[str]) -> int:
         commands.append(command)
         assert command[:3] == [sys.executable, "-m", "pytest"]
-        return int(pytester.runpytest_inprocess(*command[3:]).ret)
+        result = pytester.runpytest_inprocess(*command[3:])
+        outputs.append(result.stdout.str())
+        return int(result.ret)
 
     monkeypatch.setattr("lora_harness.training_hook.subprocess.call", run_in_process)
     for step in (10, 20):
@@ -158,6 +162,8 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
                        "--config", str(config), "--suite", str(suite), "--", "-q", "-W", "ignore::UserWarning"])
         assert status == 0
     assert len(commands) == 2 and all("--lora-set" in c and "--gate" in c for c in commands)
+    # the terminal table marks the evaluated checkpoint as gated, never the leakage images' own LoRA name
+    assert re.search(r"\* simpletuner-out 000020", outputs[1]) and "* simpletuner-out-leakage" not in outputs[1]
     wide = pd.read_csv(tmp_path / "reports" / "training" / "scores.csv", dtype=str)
     assert sorted(set(zip(wide["loraname"], wide["training_step"]))) == [
         ("simpletuner-out", "000010"), ("simpletuner-out", "000020"),
