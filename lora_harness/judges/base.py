@@ -89,6 +89,27 @@ def reject_unknown(judge: str, unknown: Mapping[str, Any], allowed: Sequence[str
         )
 
 
+def check_int(judge: str, key: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
+        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected {allowed}")
+    return int(value)
+
+
+def check_text(judge: str, key: str, value: Any, *, optional: bool = True) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected a non-empty string")
+    return value
+
+
+def check_choice(judge: str, key: str, value: Any, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected one of {', '.join(choices)}")
+    return str(value)
+
+
 def error_scores(judge: Judge, message: str) -> list[Score]:
     return [Score(metric, None, error=f"{judge.name}: {message}") for metric in judge.metrics]
 

@@ -27,16 +27,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from lora_harness.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, register
+from lora_harness.judges.base import JudgeContext, Score, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import (
     ImageInputError,
     Lazy,
     PreparedImage,
     batches,
-    check_int,
-    check_text,
     prepare_image,
-    reject_unknown,
 )
 from lora_harness.models import (
     ModelError,

@@ -16,7 +16,6 @@ from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 import numpy as np
 from PIL import Image
 
-from lora_harness.judges.base import reject_unknown  # noqa: F401  (re-exported for the judges)
 
 T = TypeVar("T")
 
@@ -164,27 +163,3 @@ class Lazy(Generic[T]):
                 raise
             self._done = True
         return self._value  # type: ignore[return-value]
-
-
-# --- option checks -----------------------------------------------------------------------------------------
-
-
-def check_int(judge: str, key: str, value: Any, lo: int, hi: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected {allowed}")
-    return int(value)
-
-
-def check_text(judge: str, key: str, value: Any, *, optional: bool = True) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected a non-empty string")
-    return value
-
-
-def check_choice(judge: str, key: str, value: Any, choices: Sequence[str]) -> str:
-    if value not in choices:
-        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected one of {', '.join(choices)}")
-    return str(value)

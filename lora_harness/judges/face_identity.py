@@ -35,18 +35,14 @@ import numpy as np
 from PIL import Image
 
 from lora_harness.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, register
+from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import (
     ImageInputError,
     Lazy,
     ReferencePhotoError,
-    check_choice,
-    check_int,
-    check_text,
     cosine_matrix,
     mean_max,
     prepare_image,
-    reject_unknown,
 )
 from lora_harness.models import ModelError, ModelUnavailable, cached, require
 

@@ -26,19 +26,15 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from lora_harness.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, register
+from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import (
     ImageInputError,
     Lazy,
     ReferencePhotoError,
     batches,
-    check_choice,
-    check_int,
-    check_text,
     cosine_matrix,
     mean_max,
     prepare_image,
-    reject_unknown,
 )
 from lora_harness.models import (
     ModelError,

@@ -39,7 +39,7 @@ from scipy import fft as sfft
 from scipy import ndimage
 
 from lora_harness.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, register, reject_unknown
+from lora_harness.judges.base import JudgeContext, Score, check_int, register, reject_unknown
 
 # ITU-R BT.601 luma weights: the grey image the spectrum is computed on.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -315,17 +315,17 @@ class ImageStatsJudge:
         **unknown: Any,
     ) -> None:
         reject_unknown(self.name, unknown, _OPTIONS)
-        _check_int("max_side", max_side, 16, None)
+        check_int(self.name, "max_side", max_side, 16)
         _check_number("hf_cutoff", hf_cutoff, 0.0, 0.5, open_low=True, open_high=True)
         _check_number("peak_db", peak_db, 0.0, None, open_low=True)
         _check_number("isolation_db", isolation_db, 0.0, None)
         _check_number("peak_min_freq", peak_min_freq, 0.0, 0.5, open_low=True, open_high=True)
-        _check_int("low", low, 0, 254)
-        _check_int("high", high, 1, 255)
+        check_int(self.name, "low", low, 0, 254)
+        check_int(self.name, "high", high, 1, 255)
         if low >= high:
             raise ValueError(f"image_stats option 'low' ({low}) must be less than 'high' ({high})")
         _check_number("saturation", saturation, 0.0, 1.0, open_low=True)
-        _check_int("saturation_value", saturation_value, 0, 255)
+        check_int(self.name, "saturation_value", saturation_value, 0, 255)
         for key, value in (
             ("hf_half", hf_half),
             ("peak_half", peak_half),
@@ -403,9 +403,3 @@ def _check_number(
         raise ValueError(
             f"image_stats option {key!r} = {value!r} is invalid: expected a number in {left}, {right}"
         )
-
-
-def _check_int(key: str, value: Any, lo: int, hi: int | None) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        allowed = f"an integer >= {lo}" if hi is None else f"an integer in [{lo}, {hi}]"
-        raise ValueError(f"image_stats option {key!r} = {value!r} is invalid: expected {allowed}")
