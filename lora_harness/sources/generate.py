@@ -284,14 +284,18 @@ def image_path(run_dir: Path, loraname: str, step_label: str, prompt_id: str, se
     return run_dir / IMAGES_DIRNAME / name / f"{name}_{step_label}_{prompt_id}_{seed}.png"
 
 
-def baseline_name(source: GenerateSource) -> str | None:
-    """The LoRA name the source's baseline cases carry (None: no baseline)."""
+def baseline_of(source: GenerateSource) -> tuple[LoraCheckpoint | None, str] | None:
+    """The source's baseline: its LoRA file (None for the base model) and the LoRA name its cases carry."""
     if source.baseline is None:
         return None
-    if source.baseline_name or source.baseline_is_base_model:
-        return source.baseline_name or BASE_MODEL_NAME
+    if source.baseline_is_base_model:
+        return None, source.baseline_name or BASE_MODEL_NAME
+    if source.baseline.is_dir():  # type: ignore[union-attr]
+        raise GenerateSourceError(
+            f"baseline {source.baseline} is a folder; give one .safetensors file or \"none\" (the base model)"
+        )
     (base,) = find_checkpoints([source.baseline])  # type: ignore[list-item]
-    return base.loraname
+    return base, source.baseline_name or base.loraname
 
 
 def baseline_names(sources: Any) -> frozenset[str]:
@@ -302,13 +306,15 @@ def baseline_names(sources: Any) -> frozenset[str]:
     """
     names = set()
     for source in sources:
-        if isinstance(source, GenerateSource):
+        if isinstance(source, GenerateSource) and source.baseline is not None and source.baseline_name:
+            names.add(source.baseline_name)  # named in the config: no need to read the file
+        elif isinstance(source, GenerateSource):
             try:
-                name = baseline_name(source)
-            except (OSError, ValueError, GenerateSourceError):
+                baseline = baseline_of(source)
+            except (OSError, ValueError):  # GenerateSourceError is a ValueError
                 continue
-            if name is not None:
-                names.add(name)
+            if baseline is not None:
+                names.add(baseline[1])
     return frozenset(names)
 
 
@@ -329,17 +335,9 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
     entries: list[tuple[LoraCheckpoint | None, str, dict[str, str]]] = [
         (c, c.loraname, {}) for c in checkpoints
     ]
-    if source.baseline is not None:
-        if source.baseline_is_base_model:
-            base = None
-            name = source.baseline_name or BASE_MODEL_NAME
-        else:
-            if source.baseline.is_dir():  # type: ignore[union-attr]
-                raise GenerateSourceError(
-                    f"baseline {source.baseline} is a folder; give one .safetensors file or \"none\" (the base model)"
-                )
-            (base,) = find_checkpoints([source.baseline])  # type: ignore[list-item]
-            name = source.baseline_name or base.loraname
+    baseline = baseline_of(source)
+    if baseline is not None:
+        base, name = baseline
         if name in {c.loraname for c in checkpoints}:
             raise GenerateSourceError(
                 f"the baseline is named {name!r} like the LoRA under test; set `baseline_name` to tell them apart"
