@@ -22,7 +22,7 @@ from typing import Any, Hashable, Iterable, Sequence
 import numpy as np
 from scipy import stats as _scipy_stats
 
-from lora_harness.baseline import BaselineError, Observation, read_observations
+from lora_harness.verdicts.baseline import BaselineError, Observation, read_observations
 
 MIN_PAIRS = 3  # a rank correlation of two points is always +-1: meaningless
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lora_harness.baseline import BaselinePlan
-from lora_harness.best_checkpoint import BestChoice, check_best_config, choose_best
+from lora_harness.verdicts.baseline import BaselinePlan
+from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config, choose_best
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks.cases import expand_check_cases
 from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names
-from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.verdicts.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
@@ -27,7 +27,7 @@ from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
 from lora_harness.sources.samples import IMAGE_SUFFIXES
-from lora_harness.stats import CheckpointAggregates, aggregate
+from lora_harness.verdicts.stats import CheckpointAggregates, aggregate
 from lora_harness.store import ScoreRow, ScoreStore, latest_rows
 
 if TYPE_CHECKING:

@@ -15,22 +15,22 @@ from typing import Any, Callable
 
 import pytest
 
-from lora_harness.baseline import BaselineError, Comparison
-from lora_harness.best_checkpoint import choose_best, means_from_rows
+from lora_harness.verdicts.baseline import BaselineError, Comparison
+from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks import targets as lora_checks
 from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
-from lora_harness.gate_check import Gate
-from lora_harness.gates import gated_checkpoints
+from lora_harness.verdicts.gate_check import Gate
+from lora_harness.verdicts.gates import gated_checkpoints
 from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.generate import GenerateSource, baseline_names
 from lora_harness.sources.samples import SampleFolderError
-from lora_harness.stats import CheckpointAggregates
+from lora_harness.verdicts.stats import CheckpointAggregates
 from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
 from lora_harness.progress import PhaseProgress
 from lora_harness.prompts import PromptFileError
@@ -477,7 +477,7 @@ def snapshot_lora(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
         if reasons:
             pytest.skip("snapshot not compared: " + "; ".join(reasons))
     try:
-        from lora_harness.snapshots import extension_for
+        from lora_harness.verdicts.snapshots import extension_for
     except ImportError:
         pytest.fail("snapshot_lora needs syrupy: pip install 'lora-harness[report]'", pytrace=False)
     return request.getfixturevalue("snapshot").use_extension(extension_for(lora_harness.config.snapshot))

@@ -9,7 +9,7 @@ from typing import Iterable, Mapping
 
 from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.config import StatsConfig, Threshold
-from lora_harness.gates import checkpoint_findings
+from lora_harness.verdicts.gates import checkpoint_findings
 from lora_harness.report.csv import metric_order, step_label
 from lora_harness.store import ScoreRow
 

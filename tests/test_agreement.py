@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from lora_harness.agreement import AgreementError, agreement
-from lora_harness.baseline import Observation
+from lora_harness.verdicts.baseline import Observation
 from lora_harness.cli import main
 
 STUDY = Path("/work/shared/reference/seed_results")

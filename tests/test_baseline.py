@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lora_harness.baseline import (
+from lora_harness.verdicts.baseline import (
     BaselineError,
     BaselinePlan,
     Observation,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_harness.best_checkpoint import check_best_config, choose_best, means_from_rows
+from lora_harness.verdicts.best_checkpoint import check_best_config, choose_best, means_from_rows
 from lora_harness.cases import Checkpoint
 from lora_harness.config import BestConfig, ConfigError, load_config
-from lora_harness.gates import gated_checkpoints
+from lora_harness.verdicts.gates import gated_checkpoints
 from lora_harness.harness import Harness
 from lora_harness.store import ScoreRow
 

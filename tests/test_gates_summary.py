@@ -10,9 +10,9 @@ import pytest
 
 from lora_harness.cases import Checkpoint, EvalCase, Prompt
 from lora_harness.config import Threshold
-from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.verdicts.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.judges.base import Score
-from lora_harness.stats import mean_ci
+from lora_harness.verdicts.stats import mean_ci
 from lora_harness.store import ScoreRow
 from lora_harness.summary import MetricSummary, format_table, summarize
 

@@ -252,7 +252,7 @@ def test_baselines_share_prompts_and_seeds_and_identical_ones_are_generated_once
 
 def test_baselines_are_references_never_gated(tmp_path):
     from lora_harness.cases import Checkpoint
-    from lora_harness.gates import gated_checkpoints
+    from lora_harness.verdicts.gates import gated_checkpoints
     from lora_harness.harness import Harness
     from lora_harness.report.view import Rules
     from lora_harness.sources.generate import baseline_names

@@ -84,7 +84,7 @@ def test_end_of_run_table_does_not_apply_trigger_thresholds_to_leakage_images() 
 
 
 def test_best_checkpoint_from_rows_ignores_check_rows() -> None:
-    from lora_harness.best_checkpoint import means_from_rows
+    from lora_harness.verdicts.best_checkpoint import means_from_rows
     from lora_harness.cases import Checkpoint, EvalCase, Prompt
     from lora_harness.judges import Score
     from lora_harness.store import ScoreRow

@@ -12,7 +12,7 @@ import pytest
 from skimage import data
 
 from lora_harness.config import load_config
-from lora_harness.gate_check import Gate
+from lora_harness.verdicts.gate_check import Gate
 from lora_harness.harness import Harness
 from lora_harness.models import (
     UNAVAILABLE_KEY,

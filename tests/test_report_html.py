@@ -25,7 +25,7 @@ from lora_harness.report.manifest import RunManifest, SessionRecord, write_manif
 from lora_harness.report.plots import ALL_PROMPTS, rolling_means, score_frame, trend_plots  # noqa: E402
 from lora_harness.redact import REDACTED  # noqa: E402
 from lora_harness.report.view import Rules, build_view  # noqa: E402
-from lora_harness.stats import mean_ci  # noqa: E402
+from lora_harness.verdicts.stats import mean_ci  # noqa: E402
 from lora_harness.store import latest_rows, read_rows  # noqa: E402
 from report_rows import XSS, make_row, sweep_rows, write_store  # noqa: E402
 

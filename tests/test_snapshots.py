@@ -13,8 +13,8 @@ pytest.importorskip("syrupy", reason="snapshots need syrupy (the 'report' extra)
 
 from lora_harness.cases import Checkpoint  # noqa: E402
 from lora_harness.config import SnapshotConfig  # noqa: E402
-from lora_harness.snapshots import compare_snapshot, extension_for, snapshot_data  # noqa: E402
-from lora_harness.stats import CheckpointAggregates, mean_ci  # noqa: E402
+from lora_harness.verdicts.snapshots import compare_snapshot, extension_for, snapshot_data  # noqa: E402
+from lora_harness.verdicts.stats import CheckpointAggregates, mean_ci  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 R4 = REPO / "fixtures" / "demo" / "samples" / "personal-lora-demo-r4"

@@ -10,8 +10,8 @@ import pytest
 
 from lora_harness.cases import Checkpoint
 from lora_harness.config import StatsConfig, Threshold
-from lora_harness.gates import checkpoint_findings
-from lora_harness.stats import CheckpointAggregates, aggregate, mean_ci, paired_difference
+from lora_harness.verdicts.gates import checkpoint_findings
+from lora_harness.verdicts.stats import CheckpointAggregates, aggregate, mean_ci, paired_difference
 
 
 def numpy_percentile_bootstrap(data: np.ndarray, *, resamples: int, seed: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from lora_harness.cases import Checkpoint
 from lora_harness.checks.cases import LEAKAGE, STRENGTH
-from lora_harness.checks.gate import GatedCheck
+from lora_harness.verdicts.gated_check import GatedCheck
 from lora_harness.checks.leakage import check_targets, evaluate_leakage
 from lora_harness.checks.memorization import MemorizationCheck
 from lora_harness.checks.strength import evaluate_strength

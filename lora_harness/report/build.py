@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from lora_harness.cases import Checkpoint
-from lora_harness.gates import gated_checkpoints
+from lora_harness.verdicts.gates import gated_checkpoints
 from lora_harness.sources.generate import baseline_names
 
 from lora_harness.config import EvalConfig

@@ -13,11 +13,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from lora_harness.best_checkpoint import choose_best, means_from_rows
+from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows
 from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.cases import Checkpoint, safe_id
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
-from lora_harness.gates import Finding, ceiling_findings, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.verdicts.gates import Finding, ceiling_findings, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.judges.base import Score
 from lora_harness.models import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
@@ -25,7 +25,7 @@ from lora_harness.report.manifest import RunManifest
 from lora_harness.report.training_images import training_image_of
 from lora_harness.redact import Redactor
 from lora_harness.sources.generate import baseline_names
-from lora_harness.stats import mean_ci
+from lora_harness.verdicts.stats import mean_ci
 from lora_harness.store import ScoreRow
 
 STATUS_ORDER = {"error": 0, "fail": 1, "xfail": 2, "skipped": 3, "pass": 4}

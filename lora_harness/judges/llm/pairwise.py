@@ -85,7 +85,7 @@ class ComparisonResult:
         head = f"{c.candidate.key} vs baseline {c.baseline.key} ({len(c.pairs)} pairs, same prompt and seed)"
         lines = [head]
         if self.values:
-            from lora_harness.stats import mean_ci  # scipy: only when a comparison is reported
+            from lora_harness.verdicts.stats import mean_ci  # scipy: only when a comparison is reported
 
             ci = mean_ci(self.values)
             verdict = "not worse" if self.not_worse else "WORSE"

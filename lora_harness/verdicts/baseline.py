@@ -25,7 +25,7 @@ import pandas as pd
 from lora_harness.cases import Checkpoint
 from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
 from lora_harness.report.csv import ScoresCsvError, metric_columns, read_scores_csv
-from lora_harness.stats import PairedDifference, paired_difference
+from lora_harness.verdicts.stats import PairedDifference, paired_difference
 from lora_harness.store import ScoreRow, latest_rows, read_rows
 
 if TYPE_CHECKING:  # the harness imports this module; at runtime it is passed in, never imported

@@ -13,7 +13,7 @@ from typing import Collection, Iterable, Mapping, Sequence
 from lora_harness.cases import Checkpoint
 from lora_harness.config import GateSpec, StatsConfig, Threshold
 from lora_harness.judges.base import Score
-from lora_harness.stats import mean_ci
+from lora_harness.verdicts.stats import mean_ci
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pytest
 
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.config import EvalConfig
-from lora_harness.gates import Finding
+from lora_harness.verdicts.gates import Finding
 from lora_harness.harness import Harness
 
 
