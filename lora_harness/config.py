@@ -81,13 +81,16 @@ class JudgeConfig(_Model):
 class Threshold(_Model):
     """Minimums for one metric: per image, and for a checkpoint's aggregate over its images.
 
-    `on = "ci_low"` applies the checkpoint minimum to the lower bound of the bootstrap CI instead of the
-    mean, so a checkpoint passes only when it is above the minimum with confidence, not by a lucky draw.
+    `on = "ci"` (default) decides the checkpoint minimum three ways with the mean's confidence interval:
+    pass when the whole interval is at or above it, fail when the whole interval is below, inconclusive
+    when it straddles (the evidence cannot tell). `"ci_low"` fails unless the lower bound clears the
+    minimum (never inconclusive); `"mean"` compares the point estimate alone, so near the minimum its
+    verdict flips between identical runs.
     """
 
     image: float | None = None
     checkpoint: float | None = None
-    on: Literal["mean", "ci_low"] = "mean"
+    on: Literal["ci", "ci_low", "mean"] = "ci"
 
 
 GateSpec = Literal["latest", "all", "best"] | list[int]
@@ -95,6 +98,11 @@ GateSpec = Literal["latest", "all", "best"] | list[int]
 
 class GateConfig(_Model):
     checkpoints: GateSpec = "latest"
+    # What a gated test does when the evidence cannot decide (README "Verdicts"): fail (default), pass, xfail.
+    inconclusive: Literal["fail", "pass", "xfail"] = "fail"
+    # Adaptive judging: an inconclusive checkpoint gets more judge repeats, in rounds, until decided or spent.
+    adaptive: bool = False
+    max_repeats: int = Field(8, ge=1, le=50)  # per image, the first answer included
 
     @field_validator("checkpoints", mode="wrap")
     @classmethod
@@ -117,9 +125,17 @@ class ReportConfig(_Model):
 
 
 class StatsConfig(_Model):
-    """Bootstrap settings for every CI the harness reports (fixed seed: reruns give the same interval)."""
+    """Interval settings for every verdict (README "Verdict statistics").
 
-    confidence: float = Field(0.95, gt=0, lt=1)
+    `confidence` is two-sided; a gate passes only when the whole interval clears its minimum, so a
+    checkpoint truly at its minimum passes at most (1 - confidence) / 2 of the time. The default 0.98 keeps
+    that under 1% even for skewed judge scores, where the nominal 2.5% of a 95% interval measured 2.8%.
+    `sd_floor` is the smallest spread assumed for scores in [0, 1]. `resamples`/`seed` drive the bootstrap
+    of the best-checkpoint probabilities (fixed seed: reruns give the same numbers).
+    """
+
+    confidence: float = Field(0.98, gt=0, lt=1)
+    sd_floor: float = Field(0.02, ge=0, le=0.5)
     resamples: int = Field(2000, ge=100, le=1_000_000)
     seed: int = 0
 
@@ -132,7 +148,9 @@ class BaselineConfig(_Model):
     loraname: str | None = None  # which LoRA of the stored run (default: the candidate's name, or its only one)
     step: int | None = None  # baseline step (default: the baseline LoRA's gated checkpoint / the same step)
     metrics: list[str] | None = None  # default: the metrics in `margins`, else every metric
-    margin: float = Field(0.0, ge=0)  # non-inferiority margin for metrics not in `margins`
+    # non-inferiority margin for metrics not in `margins`; None: the default for the metric kind
+    # (verdicts.baseline.default_margin: 0.05 for scores in [0, 1], 0.10 for 0/1 metrics)
+    margin: float | None = Field(None, ge=0)
     margins: dict[str, float] = {}
 
     @model_validator(mode="after")

@@ -18,7 +18,8 @@ from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks.cases import expand_check_cases
 from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names
-from lora_harness.verdicts.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.verdicts.gates import Finding, checkpoint_verdict, gated_checkpoints, image_verdict
+from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
 
 
 class Harness:
-    def __init__(self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1) -> None:
+    def __init__(
+        self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1, allow_incomplete: bool = False
+    ) -> None:
         self.config = config
+        self.policy = Policy(config.gate.inconclusive, allow_incomplete)
         self.run_id = run_id
         self.worker = worker
         self.worker_count = worker_count
@@ -121,13 +125,9 @@ class Harness:
         return self._best[loraname]
 
     def aggregates(self, checkpoint: Checkpoint) -> CheckpointAggregates:
-        """Mean, std, n and bootstrap CI of every metric over the checkpoint's prompts and seeds."""
-        values: dict[str, list[float | None]] = defaultdict(list)
-        for case in self.cases_of(checkpoint):
-            for metric, score in self.score(case).items():
-                values[metric].append(score.value)
+        """Mean, std, n and CI of every metric over the checkpoint's prompts and seeds."""
         s = self.config.stats
-        return CheckpointAggregates(checkpoint, aggregate(values, confidence=s.confidence, n_resamples=s.resamples, seed=s.seed))
+        return CheckpointAggregates(checkpoint, aggregate(self.checkpoint_values(checkpoint), confidence=s.confidence, sd_floor=s.sd_floor))
 
     def context(self) -> JudgeContext:
         """Reference photos, decoded once per process and only when a case is judged."""
@@ -266,17 +266,27 @@ class Harness:
         error = self._redactor.text(score.error) if score.error else score.error
         return score if (raw is score.raw and error == score.error) else Score(score.metric, score.value, raw, error)
 
-    def image_findings(self, case: EvalCase) -> list[Finding]:
-        return image_findings(self.score(case), self.config.thresholds)
+    def image_verdict(self, case: EvalCase) -> tuple[Verdict, list[Finding]]:
+        return image_verdict(
+            self.score(case), self.config.thresholds, gated=self.is_gated(Checkpoint.of(case)),
+            unavailable=self._unavailable_metrics([case]),
+        )
 
-    def checkpoint_findings(self, checkpoint: Checkpoint) -> tuple[list[Finding], dict[str, list[float | None]]]:
+    def checkpoint_values(self, checkpoint: Checkpoint) -> dict[str, list[float | None]]:
+        """Every metric's values over the checkpoint's images (None where an image has none)."""
         values: dict[str, list[float | None]] = defaultdict(list)
         for case in self.cases_of(checkpoint):
             for metric, score in self.score(case).items():
                 values[metric].append(score.value)
-        findings = checkpoint_findings(values, self.config.thresholds, self.config.stats)
-        unavailable = self._unavailable_metrics(self.cases_of(checkpoint))
-        return [f for f in findings if f.metric not in unavailable], dict(values)
+        return dict(values)
+
+    def checkpoint_verdict(self, checkpoint: Checkpoint) -> tuple[Verdict, list[Finding], dict[str, list[float | None]]]:
+        values = self.checkpoint_values(checkpoint)
+        verdict, findings = checkpoint_verdict(
+            values, self.config.thresholds, self.config.stats, gated=self.is_gated(checkpoint),
+            unavailable=self._unavailable_metrics(self.cases_of(checkpoint)),
+        )
+        return verdict, findings, values
 
     def pairwise_comparisons(self) -> list[Any]:
         """The comparisons the pair judges plan over this run's cases (candidate vs baseline checkpoint)."""

@@ -6,6 +6,7 @@ installs the package, and stays inert until a test asks for `lora_case` or `lora
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 import warnings
@@ -16,19 +17,16 @@ from typing import Any, Callable
 import pytest
 
 from lora_harness.verdicts.baseline import BaselineError, Comparison
-from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks import targets as lora_checks
-from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.verdicts.gate_check import Gate
-from lora_harness.verdicts.gates import gated_checkpoints
 from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
-from lora_harness.report.csv import step_label, write_score_csvs
-from lora_harness.sources.generate import GenerateSource, baseline_names
+from lora_harness.report.csv import write_score_csvs
+from lora_harness.sources.generate import GenerateSource
 from lora_harness.sources.samples import SampleFolderError
 from lora_harness.verdicts.stats import CheckpointAggregates
 from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
@@ -38,8 +36,8 @@ from lora_harness.report.manifest import now_iso
 from lora_harness import sharding
 from lora_harness.report.allure import allure_enabled
 from lora_harness.sharding import Shard, ShardError
-from lora_harness.store import latest_rows, read_rows
-from lora_harness.summary import format_table, summarize
+from lora_harness.store import ScoreRow, latest_rows, read_rows
+from lora_harness.summary import format_table, verdict_line
 
 RUN_DIR_KEY = "lora_harness_run_dir"
 RUN_ID_KEY = "lora_harness_run_id"
@@ -71,6 +69,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--lora-set", metavar="KEY=JSON", action="append", default=None,
         help="override a config key with a JSON value, e.g. sources='[...]' (repeatable; used by `lora-harness eval-checkpoint`)",
+    )
+    group.addoption(
+        "--allow-incomplete", action="store_true", default=False,
+        help="accept gated metrics that could not be judged here (a judge's model or package absent): skip instead of fail",
     )
     parser.addini("lora_config", "default eval config path, relative to the rootdir", default="evals/lora_eval.toml")
 
@@ -107,7 +109,8 @@ class PluginState:
     def harness(self) -> Harness:
         if self._harness is None:
             self._harness = Harness(
-                self.eval_config(), run_id=self.run_id, worker=self.worker, worker_count=self.worker_count
+                self.eval_config(), run_id=self.run_id, worker=self.worker, worker_count=self.worker_count,
+                allow_incomplete=bool(self.pytest_config.getoption("allow_incomplete", False)),
             )
             self.run_dirs.add(self._harness.config.run_dir)
         return self._harness
@@ -366,7 +369,7 @@ def _attach_allure(item: pytest.Item) -> None:
             wants_scores = {"lora_scores", "lora_gate"} & set(getattr(item, "fixturenames", ()))
             lora_allure.attach_case(case, state.harness().score(case) if wants_scores else None)
         elif isinstance(checkpoint, Checkpoint):
-            lora_allure.attach_checkpoint(checkpoint, state.harness().checkpoint_findings(checkpoint)[1])
+            lora_allure.attach_checkpoint(checkpoint, state.harness().checkpoint_values(checkpoint))
     except Exception as exc:  # an attachment problem must never change a test's outcome
         warnings.warn(f"lora-harness: could not attach allure results for {item.nodeid}: {exc}", stacklevel=1)
 
@@ -421,7 +424,7 @@ def lora_record(lora_harness: Harness, lora_case: EvalCase, request: pytest.Fixt
 @pytest.fixture
 def lora_gate(lora_harness: Harness) -> Gate:
     """Asserts thresholds: fails gated checkpoints, reports the others as xfail with the same message."""
-    return Gate(lora_harness)
+    return Gate(lora_harness, lora_harness.policy)
 
 
 @pytest.fixture
@@ -586,6 +589,19 @@ def _write_run_report(config: pytest.Config, run_dir: Path, exit_status: int) ->
     config.stash.setdefault(_REPORT_ERRORS, []).append(f"{run_dir}: {message}")
 
 
+def terminal_view(rows: list[ScoreRow], config: EvalConfig, checkpoints: set[Checkpoint]) -> Any:
+    """The report's view of this session's rows, gated as the tests were: every collected checkpoint counts,
+    not just this shard's rows ("latest" is the latest of the whole sweep)."""
+    from lora_harness.report.build import gated_keys
+    from lora_harness.report.view import Rules, build_view
+
+    rules = Rules.of(config)
+    keys = gated_keys(config, checkpoints)
+    if keys is not None:
+        rules = dataclasses.replace(rules, gated_keys=frozenset(keys))
+    return build_view(latest_rows(rows), rules)
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = _state(config)
     if hasattr(config, "workerinput") or not state.run_dirs:
@@ -595,20 +611,11 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     for run_dir in sorted(state.run_dirs):
         rows = list(read_rows(run_dir, run_id=state.run_id))
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")
-        # Every collected checkpoint, not just this shard's rows: "latest" is the latest of the whole sweep.
-        # (Leakage / strength images have LoRA names of their own, and no thresholds: never gated.)
-        checkpoints = {Checkpoint(r.loraname, r.training_step, r.step_kind) for r in rows if r.variant not in CHECK_ROLES}  # type: ignore[arg-type]
-        checkpoints |= state.checkpoints | set(state._harness.checkpoints if state._harness else ())
-        spec = eval_config.gate.checkpoints
-        choices = choose_best(means_from_rows(latest_rows(rows)), eval_config.best) if spec == "best" or eval_config.best else {}
-        best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}
-        gated = {
-            (c.loraname, step_label(c.training_step, c.step_kind))
-            for c in gated_checkpoints(checkpoints, spec, best=best, baselines=baseline_names(eval_config.sources))
-        }
-        tr.write_line(format_table(summarize(latest_rows(rows), eval_config.thresholds, eval_config.stats), gated))
-        for choice in choices.values():
-            tr.write_line(choice.describe())
+        view = terminal_view(rows, eval_config, state.checkpoints | set(state._harness.checkpoints if state._harness else ()))
+        tr.write_line(format_table(view))
+        tr.write_line(verdict_line(view))
+        for line in view.best_lines:
+            tr.write_line(line)
         for line in llm_cost_lines(rows):  # tokens and cost of LLM judges (each API call counted once)
             tr.write_line(line)
         tr.write_line(f"scores: {run_dir / 'scores.csv'} (wide), {run_dir / 'scores_long.csv'} (one row per score)")

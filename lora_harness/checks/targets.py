@@ -43,7 +43,7 @@ def run_check(harness: "Harness", fixture: str, checkpoint: Checkpoint, memoriza
         result = evaluate_strength(harness, checkpoint)
     else:
         result = (memorization or MemorizationCheck(harness.config)).evaluate(harness, checkpoint)
-    return GatedCheck(result, gated=harness.is_gated(checkpoint))
+    return GatedCheck(result, gated=harness.is_gated(checkpoint), policy=harness.policy)
 
 
 def params(harness: "Harness", fixture: str) -> tuple[list[Any], list[str]]:

@@ -36,7 +36,7 @@ class ReportFiles:
     csv_long: Path | None = None
 
 
-def _gated_keys(config: EvalConfig, checkpoints: Iterable[Checkpoint]) -> list[str] | None:
+def gated_keys(config: EvalConfig, checkpoints: Iterable[Checkpoint]) -> list[str] | None:
     checkpoints = list(checkpoints)
     if config.gate.checkpoints == "best" or not checkpoints:
         return None
@@ -129,7 +129,7 @@ def finish_session(
             "finished_at": now_iso(),
             "exit_status": int(exit_status),
             "scores": sum(1 for row in all_rows if row.run_id == run_id),
-            "gated": _gated_keys(config, checkpoints),
+            "gated": gated_keys(config, checkpoints),
         }
     )
     record_session(run_dir, config, session, {k: sorted(v) for k, v in judges.items()})

@@ -163,10 +163,8 @@ def start_report_thumbnails(
 
 
 def _verdict(view: ReportView) -> str:
-    """What the pytest run concluded: gated failures or broken cases fail it; no thresholds, no verdict."""
-    if view.case_counts["error"] or view.case_counts["fail"] or view.checkpoint_counts["fail"]:
-        return "fail"
-    return "pass" if view.has_thresholds else "scored"
+    """The run's badge, by the verdict layer's one rule (never PASS when a gated decision is undecided)."""
+    return view.badge
 
 
 def _image_refs(

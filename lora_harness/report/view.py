@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows
+from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.cases import Checkpoint, safe_id
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
-from lora_harness.verdicts.gates import Finding, ceiling_findings, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.verdicts.gates import checkpoint_verdict, gated_checkpoints, image_verdict
+from lora_harness.verdicts.outcome import Verdict, run_badge
 from lora_harness.judges.base import Score
 from lora_harness.models import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
@@ -28,11 +30,11 @@ from lora_harness.sources.generate import baseline_names
 from lora_harness.verdicts.stats import mean_ci
 from lora_harness.store import ScoreRow
 
-STATUS_ORDER = {"error": 0, "fail": 1, "xfail": 2, "skipped": 3, "pass": 4}
+STATUS_ORDER = {"error": 0, "fail": 1, "incomplete": 2, "inconclusive": 3, "xfail": 4, "skipped": 5, "pass": 6}
 # Keys of a score's raw values that hold a judge's reasons (the study's LLM answered `textual_justification`).
 JUSTIFICATION_KEYS = ("justification", "textual_justification", "reason", "reasoning", "explanation", "rationale")
 COST_KEYS = ("cost_usd", "cost")
-FAILING = ("error", "fail", "xfail")
+FAILING = ("error", "fail", "incomplete", "inconclusive", "xfail")
 MODEL_KEYS = ("model",)
 
 
@@ -97,6 +99,7 @@ class CaseView:
     cells: dict[str, MetricCell]
     status: str
     findings: list[str]
+    verdict: Verdict | None = None
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,9 @@ class TableCell:
     n: int
     errors: int
     failures: int  # images under the per-image minimum
-    ok: bool | None  # mean vs the per-checkpoint minimum
+    ok: bool | None  # False: the checkpoint test fails this metric's minimum
     colour: str  # CSS background colour from the metric's colour scale
+    undecided: bool = False  # the interval straddles the minimum (inconclusive)
 
 
 @dataclass
@@ -124,6 +128,7 @@ class CheckpointView:
     findings: list[str]
     cells: dict[str, TableCell]
     cases: list[CaseView] = field(default_factory=list)
+    verdict: Verdict | None = None
 
 
 @dataclass
@@ -152,6 +157,12 @@ class ReportView:
     cost: "Cost"
     has_thresholds: bool
 
+    @property
+    def badge(self) -> str:
+        """The run's word, from every case and checkpoint verdict (`outcome.run_badge`)."""
+        verdicts = [v.verdict for v in (*self.cases, *self.checkpoints) if v.verdict is not None]
+        return run_badge(verdicts, has_rules=self.has_thresholds)
+
 
 def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor: Redactor | None = None) -> ReportView:
     """Group newest rows into cases and checkpoints and judge them against the rules."""
@@ -171,7 +182,7 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         gated = gated_checkpoints(set(checkpoint_of.values()), rules.gate, best=best, baselines=rules.baselines)
 
     cases = [
-        _case_view(group, checkpoint_of[key] in gated, thresholds, rules.ceilings, redactor)
+        _case_view(group, checkpoint_of[key] in gated, _rules_of(group[0], thresholds), rules.ceilings, redactor)
         for key, group in by_case.items()
     ]
     cases.sort(key=lambda c: (c.loraname, c.step_kind, c.training_step, c.prompt_id, c.seed or 0, c.key))
@@ -182,7 +193,8 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         by_checkpoint[case.checkpoint_key].append(case)
     scales = _colour_scales(rows, metrics)
     checkpoints = [
-        _checkpoint_view(group, metrics, thresholds, scales, rules.stats) for group in by_checkpoint.values()
+        _checkpoint_view(group, metrics, thresholds if group[0].variant not in CHECK_ROLES else {}, scales, rules.stats)
+        for group in by_checkpoint.values()
     ]
     checkpoints.sort(key=lambda c: (c.loraname, c.step_kind, c.training_step))
 
@@ -287,9 +299,9 @@ def _case_view(
 ) -> CaseView:
     first = group[0]
     scores = {row.metric: Score(row.metric, row.value, row.raw, row.error) for row in group}
-    findings = image_findings(scores, thresholds) + ceiling_findings(scores, ceilings)
-    below = {f.metric for f in findings if f.error is None}  # out of bounds: under a minimum or over a ceiling
     unavailable = _unavailable(group)
+    verdict, findings = image_verdict(scores, thresholds, gated=gated, ceilings=ceilings, unavailable=unavailable)
+    below = {f.metric for f in findings if f.outside}  # out of bounds: under a minimum or over a ceiling
     cells = {}
     for row in group:
         threshold = thresholds.get(row.metric, Threshold())
@@ -325,10 +337,16 @@ def _case_view(
         image=first.image,
         gated=gated,
         cells=cells,
-        status=_status(findings, gated, bool(unavailable)),
+        status=verdict.shown,
         findings=[redactor.text(f.describe()) for f in findings]
-        + [redactor.text(f"{metric}: not judged ({reason})") for metric, reason in sorted(unavailable.items())],
+        + [redactor.text(f"{metric}: not judged ({reason})") for metric, reason in sorted(unavailable.items()) if metric not in {f.metric for f in findings}],
+        verdict=verdict,
     )
+
+
+def _rules_of(row: ScoreRow, thresholds: dict[str, Threshold]) -> dict[str, Threshold]:
+    """Leakage / strength images (lora_harness.checks) are judged by their own tests, not trigger-prompt minimums."""
+    return {} if row.variant in CHECK_ROLES else thresholds
 
 
 def _unavailable(rows: Iterable[ScoreRow]) -> dict[str, str]:
@@ -352,15 +370,6 @@ def _unique_dom_ids(cases: list[CaseView]) -> None:
         seen.add(candidate)
 
 
-def _status(findings: list[Finding], gated: bool, unavailable: bool = False) -> str:
-    """The pytest outcome of the case's test (gate_check.Gate): error, fail/xfail, skipped or pass."""
-    if any(f.error is not None and f.value is None and f.minimum is None for f in findings):
-        return "error"
-    if findings:
-        return "fail" if gated else "xfail"
-    return "skipped" if unavailable else "pass"
-
-
 def _checkpoint_view(
     cases: list[CaseView],
     metrics: list[str],
@@ -373,16 +382,17 @@ def _checkpoint_view(
     for case in cases:
         for metric, cell in case.cells.items():
             values[metric].append(cell.value)
-    unavailable = {m for case in cases for m, cell in case.cells.items() if cell.unavailable}
-    findings = [f for f in checkpoint_findings(values, thresholds, stats) if f.metric not in unavailable]
-    failing = {f.metric for f in findings}
+    unavailable = {m: "the judge could not run here" for case in cases for m, cell in case.cells.items() if cell.unavailable}
+    verdict, findings = checkpoint_verdict(values, thresholds, stats, gated=first.gated, unavailable=unavailable)
+    failing = {f.metric for f in findings if f.decision == "fail"}
+    undecided = {f.metric for f in findings if f.decision == "inconclusive"}
     cells = {}
     for metric in metrics:
         if metric not in values:
             continue
         present = [v for v in values[metric] if v is not None and not math.isnan(v)]
         threshold = thresholds.get(metric, Threshold())
-        ci = mean_ci(present, confidence=stats.confidence, n_resamples=stats.resamples, seed=stats.seed) if present else None
+        ci = mean_ci(present, confidence=stats.confidence, sd_floor=stats.sd_floor) if present else None
         mean = None if ci is None else ci.mean
         cells[metric] = TableCell(
             mean=mean,
@@ -393,9 +403,9 @@ def _checkpoint_view(
             errors=sum(1 for case in cases if metric in case.cells and case.cells[metric].error is not None),
             failures=sum(1 for v in present if threshold.image is not None and v < threshold.image),
             ok=None if threshold.checkpoint is None or mean is None else metric not in failing,
+            undecided=metric in undecided,
             colour=_colour(mean, scales.get(metric)),
         )
-    status = _status(findings, first.gated, bool(unavailable))  # as test_checkpoint decides
     return CheckpointView(
         key=first.checkpoint_key,
         dom_id="k-" + safe_id(first.checkpoint_key),
@@ -404,10 +414,11 @@ def _checkpoint_view(
         training_step=first.training_step,
         step_kind=first.step_kind,
         gated=first.gated,
-        status=status,
+        status=verdict.shown,  # as test_checkpoint decides
         findings=[f.describe() for f in findings],
         cells=cells,
         cases=cases,
+        verdict=verdict,
     )
 
 

@@ -1,54 +1,66 @@
-"""What a gated or ungated test does with findings: fail, or report them as an expected failure.
+"""Turning a verdict into what pytest shows: pass, fail, xfail or skip, with the message that says why.
 
-Broken inputs (an image that cannot be decoded, a judge that crashed) fail whether gated or not: hiding
-them would make a sweep look better than it is.
+The only module of the verdict layer that imports pytest; the decision itself is `outcome.decide`'s.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import pytest
 
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.config import EvalConfig
-from lora_harness.verdicts.gates import Finding
-from lora_harness.harness import Harness
+from lora_harness.verdicts.outcome import Policy, Verdict
+
+if TYPE_CHECKING:
+    from lora_harness.harness import Harness
+
+
+def enforce(verdict: Verdict, where: str, policy: Policy = Policy(), *, label: str = "not gated") -> None:
+    """Raise the pytest outcome the verdict leads to (nothing for a pass)."""
+    __tracebackhide__ = True
+    outcome = verdict.outcome(policy)
+    if outcome == "pass":
+        if verdict.decision == "inconclusive":  # `[gate] inconclusive = "pass"`: passes, and says so
+            import warnings
+
+            warnings.warn(f"lora-harness: passed by `[gate] inconclusive = \"pass\"`: {verdict.message(where)}", stacklevel=2)
+        return
+    message = verdict.message(where)
+    if outcome == "xfail":
+        reason = message if verdict.gated else f"{label}: {message}"
+        pytest.xfail(reason.replace("\n  ", "; "))  # xfail reasons are shown one per line
+    if outcome == "skipped":
+        hint = "" if not verdict.gated else " (accepted by --allow-incomplete)"
+        pytest.skip(f"not fully judged{hint}: {message}".replace("\n  ", "; "))
+    if verdict.decision == "incomplete":
+        message += "\n  a gated metric was not judged: install or download what the reason names, or pass --allow-incomplete"
+    elif verdict.decision == "inconclusive":
+        message += "\n  the evidence cannot decide; [gate] inconclusive = \"fail\" fails it (\"xfail\" or \"pass\" to accept)"
+    raise AssertionError(message)
 
 
 class Gate:
-    def __init__(self, harness: Harness) -> None:
+    """`lora_gate`: the image and checkpoint tests' assertions, deciding as the report and table do."""
+
+    def __init__(self, harness: "Harness", policy: Policy = Policy()) -> None:
         self.harness = harness
+        self.policy = policy
 
     def check_image(self, case: EvalCase) -> None:
         __tracebackhide__ = True
-        findings = self.harness.image_findings(case)
-        self._conclude(findings, Checkpoint.of(case), f"{case.key} ({case.image_path})")
-        self._skip_if_unavailable([case])
+        verdict, _ = self.harness.image_verdict(case)
+        enforce(verdict, f"{case.key} ({case.image_path})", self.policy, label=self._label())
 
     def check_checkpoint(self, checkpoint: Checkpoint) -> None:
         __tracebackhide__ = True
-        findings, values = self.harness.checkpoint_findings(checkpoint)
+        verdict, _, values = self.harness.checkpoint_verdict(checkpoint)
         counts = ", ".join(f"{m}: n={sum(v is not None for v in vs)}" for m, vs in values.items())
-        self._conclude(findings, checkpoint, f"checkpoint {checkpoint.key} ({counts})")
-        self._skip_if_unavailable(self.harness.cases_of(checkpoint))
+        enforce(verdict, f"checkpoint {checkpoint.key} ({counts})", self.policy, label=self._label())
 
-    def _skip_if_unavailable(self, cases: list[EvalCase]) -> None:
-        """Nothing failed, but a judge could not run here (model or package missing): skip, saying what to
-        install, rather than pass on the metrics that were never computed."""
-        reasons = self.harness.unavailable(cases)
-        if reasons:
-            pytest.skip("not fully judged: " + " | ".join(reasons))
-
-    def _conclude(self, findings: list[Finding], checkpoint: Checkpoint, where: str) -> None:
-        __tracebackhide__ = True
-        if not findings:
-            return
-        message = f"{where}:\n  " + "\n  ".join(f.describe() for f in findings)
-        if any(f.error is not None and f.value is None and f.minimum is None for f in findings):
-            raise AssertionError(message)
-        if not self.harness.is_gated(checkpoint):
-            one_line = "; ".join(f.describe() for f in findings)  # xfail reasons are shown one per line
-            pytest.xfail(f"not gated ({gate_label(self.harness.config)}): {one_line} — {where}")
-        raise AssertionError(message)
+    def _label(self) -> str:
+        return f"not gated ({gate_label(self.harness.config)})"
 
 
 def gate_label(config: EvalConfig) -> str:

@@ -1,29 +1,33 @@
-"""What a check test does with a CheckResult: the same gating rules as the image and checkpoint tests.
-
-Broken inputs fail; a broken rule fails at a gated checkpoint and is an expected failure (xfail, same
-message) elsewhere, since a sweep is information; a judge whose model is absent here skips, saying why.
-"""
+"""A LoRA check's result (leakage, strength, memorization) as a verdict, decided and enforced like every gate."""
 
 from __future__ import annotations
 
-import pytest
-
 from lora_harness.checks.result import CheckResult
+from lora_harness.verdicts.gate_check import enforce
+from lora_harness.verdicts.outcome import Policy, Verdict, decide
+
+
+def check_verdict(result: CheckResult, *, gated: bool) -> Verdict:
+    """Broken inputs are errors, a broken rule fails, a judge absent here leaves the check incomplete."""
+    findings = [
+        *(("error", f"error: {e}") for e in result.errors),
+        *(("fail", f"FAIL: {f}") for f in result.failures),
+        *(("incomplete", f"not judged: {u}") for u in sorted(set(result.unavailable))),
+    ]
+    verdict = decide(findings, gated=gated)  # type: ignore[arg-type]
+    return Verdict(verdict.decision, gated, (*verdict.lines, *result.lines))
 
 
 class GatedCheck:
-    def __init__(self, result: CheckResult, *, gated: bool) -> None:
+    def __init__(self, result: CheckResult, *, gated: bool, policy: Policy = Policy()) -> None:
         self.result = result
         self.gated = gated
+        self.policy = policy
+
+    @property
+    def verdict(self) -> Verdict:
+        return check_verdict(self.result, gated=self.gated)
 
     def check(self) -> None:
         __tracebackhide__ = True
-        r = self.result
-        if r.errors:
-            raise AssertionError(r.describe())
-        if r.failures:
-            if not self.gated:
-                pytest.xfail(f"not gated: {r.describe()}")
-            raise AssertionError(r.describe())
-        if r.unavailable:
-            pytest.skip(f"{r.check} not fully judged: " + " | ".join(sorted(set(r.unavailable))))
+        enforce(self.verdict, f"{self.result.check} of {self.result.checkpoint.key}", self.policy)

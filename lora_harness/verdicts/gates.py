@@ -7,48 +7,62 @@ checkpoint (so the summary and CSV show where the sweep fails), but only gated c
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from dataclasses import dataclass
 from typing import Collection, Iterable, Mapping, Sequence
 
 from lora_harness.cases import Checkpoint
 from lora_harness.config import GateSpec, StatsConfig, Threshold
 from lora_harness.judges.base import Score
-from lora_harness.verdicts.stats import mean_ci
+from lora_harness.verdicts.outcome import Decision, Verdict, decide
+from lora_harness.verdicts.stats import MeanCI, mean_ci
 
 
 @dataclass(frozen=True)
 class Finding:
-    """One reason a case or checkpoint does not pass: a value under its minimum, or no value at all."""
+    """One reason a case or checkpoint does not pass, with the decision it leads to (`outcome.decide`)."""
 
     metric: str
     value: float | None
     minimum: float | None
     level: str  # "image" or "checkpoint"
     error: str | None = None
-    statistic: str = "mean"  # what `value` is at checkpoint level: "mean" or "ci_low" (threshold `on`)
-    detail: str | None = None  # the rest of the aggregate (mean, CI, n) for the message
+    statistic: str = "mean"  # what `value` is at checkpoint level: "mean", "ci_low" or "ci" (threshold `on`)
+    detail: str | None = None  # the rest of the aggregate (mean, CI, n) and what would decide
     maximum: float | None = None  # a ceiling instead of a minimum (memorization: similarity to training images)
+    decision: Decision = "fail"
 
     def describe(self) -> str:
+        if self.decision == "incomplete":
+            return f"{self.metric}: not judged ({self.error})"
         if self.error is not None:
             return f"{self.metric}: no score ({self.error})"
         if self.maximum is not None:
             return f"{self.metric} = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum)"
+        if self.decision == "inconclusive":
+            return f"{self.metric}: inconclusive: {self.detail}"
+        if self.statistic == "ci":
+            return f"{self.metric} CI high = {self.value:.4f} < {self.minimum:.4f} (per-{self.level} minimum; {self.detail})"
         if self.statistic == "ci_low":
             return (f"{self.metric} CI low = {self.value:.4f} < {self.minimum:.4f} "
                     f"(per-{self.level} minimum on the CI's lower bound; {self.detail})")
         return f"{self.metric} = {self.value:.4f} < {self.minimum:.4f} (per-{self.level} minimum)"
 
+    @property
+    def outside(self) -> bool:
+        """A value out of bounds (under a minimum, over a ceiling), as opposed to a missing or undecided one."""
+        return self.error is None and self.decision == "fail"
+
 
 def image_findings(scores: Mapping[str, Score], thresholds: Mapping[str, Threshold]) -> list[Finding]:
     """Threshold failures of one image, plus every metric its judges could not compute."""
-    findings = [Finding(s.metric, None, None, "image", s.error) for s in scores.values() if s.error is not None]
+    findings = [Finding(s.metric, None, None, "image", s.error, decision="error") for s in scores.values() if s.error is not None]
     for metric, threshold in thresholds.items():
         score = scores.get(metric)
         if threshold.image is None or score is None or score.value is None:
             continue
         if math.isnan(score.value):  # NaN < x is False: without this a NaN would pass every minimum
-            findings.append(Finding(metric, None, threshold.image, "image", "the judge returned NaN"))
+            findings.append(Finding(metric, None, threshold.image, "image", "the judge returned NaN", decision="error"))
             continue
         if score.value < threshold.image:
             findings.append(Finding(metric, score.value, threshold.image, "image"))
@@ -64,30 +78,96 @@ def ceiling_findings(scores: Mapping[str, Score], ceilings: Mapping[str, float])
     ]
 
 
+def unjudged_findings(unavailable: Mapping[str, str], thresholds: Mapping[str, Threshold], level: str) -> list[Finding]:
+    """Gated metrics a judge could not compute here (model or package absent): the evidence is incomplete."""
+    return [
+        Finding(metric, None, None, level, reason, decision="incomplete")
+        for metric, reason in sorted(unavailable.items())
+        if metric in thresholds
+    ]
+
+
 def checkpoint_findings(
-    values: Mapping[str, Sequence[float]], thresholds: Mapping[str, Threshold], stats: StatsConfig | None = None
+    values: Mapping[str, Sequence[float | None]], thresholds: Mapping[str, Threshold], stats: StatsConfig | None = None
 ) -> list[Finding]:
-    """Failures of a checkpoint's per-metric aggregates (over the images that have a value): the mean, or
-    the bootstrap CI's lower bound where the threshold says `on = "ci_low"`."""
+    """Every way a checkpoint's per-metric aggregates do not pass (over the images that have a value).
+
+    `on = "ci"` (default): fail when the interval's upper bound is under the minimum, inconclusive when the
+    interval straddles it. A metric with a minimum (image or checkpoint) and no value at all is incomplete.
+    """
     stats = stats or StatsConfig()
     findings = []
     for metric, threshold in thresholds.items():
-        if threshold.checkpoint is None:
+        if threshold.checkpoint is None and threshold.image is None:
             continue
         present = [v for v in values.get(metric, ()) if v is not None and not math.isnan(v)]
         if not present:
-            findings.append(Finding(metric, None, threshold.checkpoint, "checkpoint", "no image has a value"))
+            if metric in values or threshold.checkpoint is not None:
+                findings.append(Finding(metric, None, threshold.checkpoint, "checkpoint", "no image has a value", decision="incomplete"))
             continue
-        if threshold.on == "ci_low":
-            agg = mean_ci(present, confidence=stats.confidence, n_resamples=stats.resamples, seed=stats.seed)
-            if agg.low < threshold.checkpoint:
-                detail = f"mean {agg.mean:.4f}, {agg.confidence:.0%} CI [{agg.low:.4f}, {agg.high:.4f}], n={agg.n}"
-                findings.append(Finding(metric, agg.low, threshold.checkpoint, "checkpoint", statistic="ci_low", detail=detail))
+        if threshold.checkpoint is None:
             continue
-        mean = sum(present) / len(present)
-        if mean < threshold.checkpoint:
-            findings.append(Finding(metric, mean, threshold.checkpoint, "checkpoint"))
+        minimum = threshold.checkpoint
+        agg = mean_ci(present, confidence=stats.confidence, sd_floor=stats.sd_floor)
+        if threshold.on == "mean":
+            if agg.mean < minimum:
+                findings.append(Finding(metric, agg.mean, minimum, "checkpoint"))
+        elif threshold.on == "ci_low":
+            if agg.low < minimum:
+                findings.append(Finding(metric, agg.low, minimum, "checkpoint", statistic="ci_low", detail=agg.describe()))
+        elif agg.high < minimum:
+            findings.append(Finding(metric, agg.high, minimum, "checkpoint", statistic="ci", detail=agg.describe()))
+        elif agg.low < minimum:
+            detail = f"{agg.describe()} straddles {minimum:g}; {what_would_decide(agg, minimum)}"
+            findings.append(Finding(metric, agg.mean, minimum, "checkpoint", statistic="ci", detail=detail, decision="inconclusive"))
     return findings
+
+
+def image_verdict(
+    scores: Mapping[str, Score],
+    thresholds: Mapping[str, Threshold],
+    *,
+    gated: bool,
+    ceilings: Mapping[str, float] | None = None,
+    unavailable: Mapping[str, str] | None = None,
+) -> tuple[Verdict, list[Finding]]:
+    """The image test's verdict: what `test_image`, the report's case table and allure all show."""
+    findings = image_findings(scores, thresholds) + ceiling_findings(scores, ceilings or {})
+    findings += unjudged_findings(unavailable or {}, {m: t for m, t in thresholds.items() if t.image is not None}, "image")
+    return decide(((f.decision, f.describe()) for f in findings), gated=gated), findings
+
+
+def checkpoint_verdict(
+    values: Mapping[str, Sequence[float | None]],
+    thresholds: Mapping[str, Threshold],
+    stats: StatsConfig | None = None,
+    *,
+    gated: bool,
+    unavailable: Mapping[str, str] | None = None,
+) -> tuple[Verdict, list[Finding]]:
+    """The checkpoint test's verdict: what `test_checkpoint`, the terminal table, run.json and the report show."""
+    unavailable = unavailable or {}
+    findings = [f for f in checkpoint_findings(values, thresholds, stats) if f.metric not in unavailable]
+    findings += unjudged_findings(unavailable, thresholds, "checkpoint")
+    if not any(v is not None and not math.isnan(v) for vs in values.values() for v in vs):
+        findings.append(Finding("*", None, None, "checkpoint", "no image of this checkpoint has any score", decision="incomplete"))
+    return decide(((f.decision, f.describe()) for f in findings), gated=gated), findings
+
+
+def what_would_decide(agg: MeanCI, minimum: float) -> str:
+    """How many images would make an interval of this spread clear the minimum, at the same mean."""
+    gap = abs(agg.mean - minimum)
+    if agg.n < 2 and agg.method != "clopper-pearson":
+        return "one image has no interval: add prompts or seeds (3 or more images)"
+    if gap < 1e-9:
+        return "the mean sits on the minimum: more images narrow the interval but cannot move it off"
+    spread = math.sqrt(agg.mean * (1 - agg.mean)) if agg.method == "clopper-pearson" else agg.std
+    spread = max(spread, 1e-6)
+    z = NormalDist().inv_cdf(0.5 + agg.confidence / 2)
+    needed = math.ceil((z * spread / gap) ** 2) + 1
+    if needed <= agg.n:
+        needed = agg.n + 1
+    return f"about {needed} images would decide (now {agg.n}), or judge repeats with `[gate] adaptive = true`"
 
 
 def gated_checkpoints(
