@@ -190,7 +190,7 @@ class EvalConfig(_Model):
     gate: GateConfig = GateConfig()
     stats: StatsConfig = StatsConfig()
     baseline: BaselineConfig | None = None
-    snapshot: SnapshotConfig = SnapshotConfig()
+    snapshot: SnapshotConfig | None = None  # no section: test_snapshot skips, saying how to enable it
     best: BestConfig | None = None
     report: ReportConfig = ReportConfig()
     leakage: LeakageConfig | None = None  # LoRA-specific checks (lora_harness.checks)

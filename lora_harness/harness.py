@@ -73,7 +73,8 @@ class Harness:
         self._pairwise: list[Any] | None = None
         self._check_threshold_metrics()
         check_best_config(config.best, self.metrics)
-        check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
+        if config.snapshot is not None:
+            check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
         check_checks_config(config, self.metrics)
         self.baseline = (
             None if config.baseline is None

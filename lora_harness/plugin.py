@@ -7,6 +7,8 @@ installs the package, and stays inert until a test asks for `lora_case` or `lora
 from __future__ import annotations
 
 import dataclasses
+import re
+import shlex
 import time
 import uuid
 import warnings
@@ -21,7 +23,7 @@ from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks import targets as lora_checks
 from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
-from lora_harness.verdicts.gate_check import Gate
+from lora_harness.verdicts.gate_check import VERDICT_PROPERTY, Gate, Unjudged, current_properties
 from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
@@ -98,6 +100,7 @@ class PluginState:
     started_at: str = field(default_factory=now_iso)
     progress: PhaseProgress | None = None
     checkpoints: set[Checkpoint] = field(default_factory=set)  # every collected checkpoint, before --shard
+    verdicts: list[dict[str, Any]] = field(default_factory=list)  # what gate tests decided (gate_check.enforce)
     _harness: Harness | None = None
     _config: EvalConfig | None = None
 
@@ -297,8 +300,15 @@ class _ShardAndProgress:
             }))
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        """Controller side (xdist forwards the workers' reports): a line per finished checkpoint, throttled."""
-        if hasattr(self.config, "workerinput") or str(self.config.getoption("lora_progress")).lower() == "off":
+        """Controller side (xdist forwards the workers' reports): the verdicts gate tests enforced, and a
+        progress line per finished checkpoint, throttled."""
+        if hasattr(self.config, "workerinput"):
+            return
+        if report.when == "call":
+            _state(self.config).verdicts.extend(
+                {**value, "test": report.nodeid} for name, value in report.user_properties if name == VERDICT_PROPERTY
+            )
+        if str(self.config.getoption("lora_progress")).lower() == "off":
             return
         if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
             return
@@ -334,9 +344,11 @@ def _shard_key(item: pytest.Item) -> str | None:
 def pytest_runtest_call(item: pytest.Item) -> Any:
     """After an image's test: its report thumbnail while the pixels are at hand; with `--alluredir`, its
     image, scores and justifications as attachments, and labels."""
+    token = current_properties.set(item.user_properties)
     try:
         return (yield)
     finally:
+        current_properties.reset(token)
         _thumbnail(item)
         if allure_enabled(item.config):
             _attach_allure(item)
@@ -442,7 +454,7 @@ def lora_baseline_comparison(request: pytest.FixtureRequest, lora_harness: Harne
     checkpoint = resolve(lora_harness, target.target)
     reason = lora_harness.unavailable_reason(lora_harness.cases_of(checkpoint), target.metric)
     if reason is not None:  # e.g. a model not downloaded here: not a regression, and not a pass either
-        pytest.skip(f"not compared: {reason}")
+        return Unjudged(f"baseline comparison of {target.metric}", reason, lora_harness.policy)
     try:
         return lora_harness.baseline.compare(lora_harness, checkpoint, target.metric)
     except BaselineError as exc:
@@ -461,29 +473,43 @@ def lora_pairwise_comparison(request: pytest.FixtureRequest, lora_harness: Harne
     try:
         return lora_harness.compare(request.param)
     except ModelUnavailable as exc:
-        reason = f"not judged: {exc}"
-    pytest.skip(reason)
+        reason = str(exc)
+    return Unjudged(f"pairwise comparison {request.param.test_id}", reason, lora_harness.policy)
 
 
 @pytest.fixture
 def snapshot_lora(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
     """syrupy's `snapshot` with score tolerances: `assert snapshot_lora == lora_checkpoint_summary`.
 
-    When a judge of the checkpoint cannot run here (a model not downloaded, no LLM endpoint) the test is
-    skipped with the reason: its metrics would read as "no value" against the stored means, and
-    `--snapshot-update` would overwrite them with nothing.
+    Without a `[snapshot]` section the test skips, saying how to enable it; with one and no stored snapshot
+    it fails with the exact command that stores it. When a judge of the checkpoint cannot run here (a model
+    not downloaded, no LLM endpoint) the evidence is incomplete: its metrics would read as "no value"
+    against the stored means, and `--snapshot-update` would overwrite them with nothing.
     """
+    config = lora_harness.config
+    if config.snapshot is None:
+        where = config.path or "the eval config"
+        pytest.skip(
+            f"no [snapshot] section in {where}: add `[snapshot]` with `tolerance = 0.02`, then store the gated "
+            f"checkpoints' scores once with `pytest {shlex.quote(_plain_nodeid(request.node.nodeid))} --snapshot-update`"
+        )
     callspec = getattr(request.node, "callspec", None)
     target = callspec.params.get("lora_checkpoint_summary") if callspec is not None else None
     if target is not None:
         reasons = lora_harness.unavailable(lora_harness.cases_of(resolve(lora_harness, target)))
         if reasons:
-            pytest.skip("snapshot not compared: " + "; ".join(reasons))
+            return Unjudged("snapshot", "; ".join(reasons), lora_harness.policy)
     try:
         from lora_harness.verdicts.snapshots import extension_for
     except ImportError:
         pytest.fail("snapshot_lora needs syrupy: pip install 'lora-harness[report]'", pytrace=False)
-    return request.getfixturevalue("snapshot").use_extension(extension_for(lora_harness.config.snapshot))
+    create = f"pytest {shlex.quote(_plain_nodeid(request.node.nodeid))} --snapshot-update"
+    return request.getfixturevalue("snapshot").use_extension(extension_for(config.snapshot, create))
+
+
+def _plain_nodeid(nodeid: str) -> str:
+    """The node id a user can pass to pytest: without the `@group` suffix of `--dist loadgroup`."""
+    return re.sub(r"@[^\]/]*$", "", nodeid)
 
 
 def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
@@ -577,6 +603,7 @@ def _write_run_report(config: pytest.Config, run_dir: Path, exit_status: int) ->
             run_dir, state.eval_config(), run_id=state.run_id, started_at=state.started_at,
             shard=config.getoption("shard"), exit_status=exit_status,
             checkpoints=state.checkpoints | set(state._harness.checkpoints if state._harness else ()),
+            verdicts=state.verdicts,
         )
     except ImportError as exc:
         message = f"report.html skipped: {exc.name or exc} is not installed; pip install 'lora-harness[report]'"
@@ -613,7 +640,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")
         view = terminal_view(rows, eval_config, state.checkpoints | set(state._harness.checkpoints if state._harness else ()))
         tr.write_line(format_table(view))
-        tr.write_line(verdict_line(view))
+        tr.write_line(verdict_line(view, state.verdicts))
         for line in view.best_lines:
             tr.write_line(line)
         for line in llm_cost_lines(rows):  # tokens and cost of LLM judges (each API call counted once)

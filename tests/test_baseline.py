@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from lora_harness.verdicts.baseline import (
     BaselineError,
@@ -17,6 +18,7 @@ from lora_harness.verdicts.baseline import (
     Observation,
     compare_observations,
     compare_paired,
+    default_margin,
     read_observations,
 )
 from lora_harness.cases import Checkpoint
@@ -81,24 +83,41 @@ def test_known_answer_and_failure_message_names_metric_difference_ci_and_worst_c
         labels={("03", 1): "new-step000800-p03-s1"},
     )
     assert result.result.n == 4 and result.result.diff.mean == pytest.approx(-0.05)
-    assert result.result.diff.low < -0.02 and not result.passed
+    assert result.result.diff.low < -0.02 < result.result.diff.high and result.decision == "inconclusive"
     message = result.describe()
-    assert message.startswith("identity: new vs baseline old: difference -0.0500 (95% CI [")
-    assert f"CI low {result.result.diff.low:+.4f} < -margin -0.0200" in message
+    assert message.startswith("identity: new vs baseline old: difference -0.0500 (98% CI [")
+    assert "INCONCLUSIVE: the CI straddles -margin -0.0200; about " in message
     assert "means: candidate 0.7500, baseline 0.8000" in message
     # largest drops first, with their case keys; the pair that improved is not a "drop"
     assert "worst cases (largest drops): new-step000800-p03-s1: 0.6000 vs 0.8000 (-0.2000); 02-1: 0.7000 vs 0.8000 (-0.1000)" in message
-    with pytest.raises(AssertionError, match="identity: new vs baseline old"):
+    with pytest.raises(AssertionError, match="(?s)identity: new vs baseline old.*the evidence cannot decide"):
+        result.check()  # `[gate] inconclusive = "fail"` by default
+
+
+def test_a_clear_drop_fails_and_names_the_ci_high() -> None:
+    base = {k: [0.8] for k in range(6)}
+    cand = {k: [v] for k, v in enumerate([0.5, 0.52, 0.48, 0.5, 0.51, 0.49])}
+    result = compare_paired(cand, base, metric="m", margin=0.05)
+    assert result.decision == "fail"
+    assert f"FAILS: CI high {result.result.diff.high:+.4f} < -margin -0.0500" in result.describe()
+    with pytest.raises(AssertionError, match="FAIL"):
         result.check()
 
 
-def test_equal_candidate_passes_with_a_zero_interval() -> None:
-    values = {("00", 1): [0.4], ("01", 1): [0.9], ("02", 1): [0.6]}
-    result = compare_paired(values, values, metric="m", margin=0.0)
-    assert result.passed
-    assert (result.result.diff.low, result.result.diff.high) == (0.0, 0.0)
+def test_equal_candidate_passes_the_default_margin_but_not_margin_zero() -> None:
+    values = {(f"{i:02d}", 1): [v] for i, v in enumerate([0.4, 0.9, 0.6, 0.7, 0.5, 0.8])}
+    result = compare_paired(values, values, metric="m", margin=None)
+    assert result.margin == 0.05 and result.passed  # scores in [0, 1]: the documented default
+    assert result.result.diff.low < 0 < result.result.diff.high  # the sd floor: never a zero-width interval
     assert "no paired case dropped" in result.describe()
     result.check()
+    assert compare_paired(values, values, metric="m", margin=0.0).decision == "inconclusive"
+
+
+def test_default_margin_follows_the_metric_kind() -> None:
+    assert default_margin([1.0, 0.0], [1.0, 1.0]) == 0.10
+    assert default_margin([0.5, 0.7], [0.6, 0.6]) == 0.05
+    assert default_margin([30.0, 32.0], [31.0, 29.0]) == pytest.approx(0.05 * 30.0)
 
 
 def test_a_small_drop_inside_the_margin_passes() -> None:
@@ -142,9 +161,7 @@ def test_study_rank32_vs_rank4_matches_an_independent_computation() -> None:
     shared = old.index.intersection(new.index)
     assert len(shared) == 36  # 12 common steps x 3 prompts
     diffs = (new[shared] - old[shared]).to_numpy()
-    rng = np.random.default_rng(12345)
-    means = diffs[rng.integers(0, diffs.size, size=(40000, diffs.size))].mean(axis=1)
-    expected_low, expected_high = np.percentile(means, [2.5, 97.5])
+    expected = scipy_stats.ttest_1samp(diffs, 0.0).confidence_interval(0.98)
 
     result = compare_observations(
         read_observations(r32_csv), read_observations(r4_csv), metric=metric, margin=0.05,
@@ -153,10 +170,13 @@ def test_study_rank32_vs_rank4_matches_an_independent_computation() -> None:
     assert result.result.n == 36
     assert result.result.diff.mean == pytest.approx(diffs.mean(), abs=1e-12)
     assert result.result.candidate_mean == pytest.approx(new[shared].mean(), abs=1e-12)
-    assert result.result.diff.low == pytest.approx(expected_low, abs=0.01)
-    assert result.result.diff.high == pytest.approx(expected_high, abs=0.01)
-    # rank 32 is clearly worse at telling the same person on the steps both trained: the gate fails
-    assert result.result.diff.high < 0 and not result.passed
+    assert result.result.diff.low == pytest.approx(expected.low, abs=1e-9)
+    assert result.result.diff.high == pytest.approx(expected.high, abs=1e-9)
+    # rank 32 is worse at telling the same person on the steps both trained (the CI excludes 0), but 36
+    # pairs cannot show it is more than the 0.05 margin worse: inconclusive, which fails the gate by default
+    assert result.result.diff.high < 0 and result.decision == "inconclusive"
+    with pytest.raises(AssertionError, match="INCONCLUSIVE"):
+        result.check()
     assert "step000600-p02: 0.0000 vs 0.8000 (-0.8000)" in result.describe()
     assert len(result.unpaired_candidate) == 21  # r16's steps 2600..3800 have no rank-4 partner
 
@@ -269,7 +289,7 @@ def test_in_run_comparison_worse_candidate_fails_equal_passes(tmp_path: Path) ->
     sample_folder(tmp_path, "base", {800: r4_images(800)})
     sample_folder(tmp_path, "equal", {800: r4_images(800)})
     sample_folder(tmp_path, "worse", {800: r4_images(600)})  # mild periodic pattern: spectral score drops
-    harness = harness_for(tmp_path, ["base", "equal", "worse"], '[baseline]\nlora = "base"\nmargin = 0.05\n')
+    harness = harness_for(tmp_path, ["base", "equal", "worse"], '[baseline]\nlora = "base"\nmargin = 0.1\n')
     results = {
         (t.target.loraname, t.metric): harness.baseline.compare(harness, resolve(harness, t.target), t.metric)  # type: ignore[union-attr]
         for t in comparison_targets(harness)
@@ -319,7 +339,7 @@ def test_gate_run_worse_candidate_fails_and_names_metric_difference_ci(pytester:
     sample_folder(pytester.path, "equal", {800: r4_images(800)})
     sample_folder(pytester.path, "worse", {800: r4_images(600)})
     (pytester.path / "lora_eval.toml").write_text(
-        config_text(["base", "equal", "worse"], '[baseline]\nlora = "base"\nmargins = { spectral_score = 0.05 }\n')
+        config_text(["base", "equal", "worse"], '[baseline]\nlora = "base"\nmargins = { spectral_score = 0.1 }\n')
     )
     (pytester.path / "test_regression.py").write_text(EVAL_TESTS)
     args = ("--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", "-k", "test_baseline")
@@ -328,8 +348,8 @@ def test_gate_run_worse_candidate_fails_and_names_metric_difference_ci(pytester:
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*PASSED*test_baseline?equal-latest-spectral_score?*"])
     result.stdout.fnmatch_lines([
-        "E * spectral_score: worse-step000800 vs baseline base-step000800: difference -0.9* (95% CI [[]-0.9*, -0.*], "
-        "n=3 pairs), non-inferiority margin 0.0500: FAILS: CI low -0.9* < -margin -0.0500",
+        "E * spectral_score: worse-step000800 vs baseline base-step000800: difference -0.9* (98% CI [[]-1.0000, -0.*], "
+        "n=3 pairs), non-inferiority margin 0.1000: FAILS: CI high -0.* < -margin -0.1000 (worse beyond the margin)",
         "E * worst cases (largest drops): worse-step000800-p0?-s42: 0.* vs 0.99* (-0.*",
         "*FAILED*test_baseline?worse-latest-spectral_score?*",
     ])
@@ -349,18 +369,20 @@ def test_baseline_test_is_skipped_with_a_reason_when_none_is_configured(pytester
 
 
 @pytest.mark.slow
-def test_baseline_of_a_metric_whose_judge_cannot_run_here_is_skipped_not_failed(pytester: pytest.Pytester) -> None:
+def test_baseline_of_a_metric_whose_judge_cannot_run_here_is_incomplete_not_passed(pytester: pytest.Pytester) -> None:
     sample_folder(pytester.path, "base", {800: r4_images(800)})
     sample_folder(pytester.path, "equal", {800: r4_images(800)})
     extra = (
         '[[judges]]\nname = "clip_score"\noptions = { model = "./models/clip-not-downloaded" }\n\n'
-        '[baseline]\nlora = "base"\nmargins = { spectral_score = 0.05, clip_score = 0.02 }\n'
+        '[baseline]\nlora = "base"\nmargins = { spectral_score = 0.1, clip_score = 0.02 }\n'
     )
     (pytester.path / "lora_eval.toml").write_text(config_text(["base", "equal"], extra))
     (pytester.path / "test_regression.py").write_text(EVAL_TESTS)
-    result = pytester.runpytest_subprocess(
-        "--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", "-rs", "-k", "test_baseline"
-    )
-    result.assert_outcomes(passed=1, skipped=1)  # spectral_score compared; clip_score skipped, saying why
-    result.stdout.fnmatch_lines(["*SKIPPED*not compared: *clip-not-downloaded*"])
+    args = ("--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", "-rs", "-k", "test_baseline")
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=1, failed=1)  # spectral_score compared; clip_score incomplete: fails, saying why
+    result.stdout.fnmatch_lines(["E * INCOMPLETE*", "E * not judged: *clip-not-downloaded*", "E *--allow-incomplete*"])
+    accepted = pytester.runpytest_subprocess(*args, "--allow-incomplete")
+    accepted.assert_outcomes(passed=1, skipped=1)
+    accepted.stdout.fnmatch_lines(["*SKIPPED*accepted by --allow-incomplete*clip-not-downloaded*"])
 

@@ -56,7 +56,7 @@ def test_a_secret_in_a_judge_error_never_reaches_the_store_or_the_failure_messag
     scores = harness.score(case)
     assert scores["leaky"].value is None and "401 Unauthorized" in scores["leaky"].error
     assert SECRET not in scores["leaky"].error
-    assert all(SECRET not in f.describe() for f in harness.image_findings(case))
+    assert all(SECRET not in line for line in harness.image_verdict(case)[0].lines)
     stored = "".join(p.read_text() for p in (harness.config.run_dir / "scores").glob("*.jsonl"))
     assert "401 Unauthorized" in stored and SECRET not in stored
     assert scores["spectral_score"].value is not None  # the other judge's scores are kept

@@ -73,14 +73,17 @@ def test_end_of_run_table_does_not_apply_trigger_thresholds_to_leakage_images() 
     from lora_harness.config import Threshold
     from lora_harness.judges import Score
     from lora_harness.store import ScoreRow
-    from lora_harness.summary import summarize
+    from lora_harness.report.view import Rules, build_view
 
     def row(loraname: str, variant: str | None, value: float) -> ScoreRow:
         case = EvalCase(loraname, 10, Prompt("L00", "a man in a park"), Path("x.png"), seed=1, variant=variant)
         return ScoreRow.of(case, Score("face_identity_max", value), judge="face_identity", judge_version="1", run_id="r", worker="w")
 
-    table = summarize([row("me", None, 0.2), row("me-leakage", "leakage", 0.2)], {"face_identity_max": Threshold(image=0.9)})
-    assert {(s.loraname, s.failures) for s in table} == {("me", 1), ("me-leakage", 0)}
+    rows = [row("me", None, 0.2), row("me-leakage", "leakage", 0.2)]
+    view = build_view(rows, Rules(thresholds={"face_identity_max": Threshold(image=0.9)}))
+    failures = {(ck.loraname, ck.cells["face_identity_max"].failures) for ck in view.checkpoints}
+    assert failures == {("me", 1), ("me-leakage", 0)}
+    assert {c.loraname: c.status for c in view.cases} == {"me": "fail", "me-leakage": "pass"}  # me is gated (latest)
 
 
 def test_best_checkpoint_from_rows_ignores_check_rows() -> None:

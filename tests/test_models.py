@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from lora_harness.verdicts.outcome import Policy
 from skimage import data
 
 from lora_harness.config import load_config
@@ -177,7 +179,7 @@ def harness_for(path: Path) -> Harness:
     return Harness(load_config(path), run_id="test-run", worker="main")
 
 
-def test_an_unavailable_model_is_recorded_as_missing_and_skips_the_tests(tmp_path: Path) -> None:
+def test_an_unavailable_model_is_recorded_as_missing_and_its_gated_tests_are_incomplete(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
     path = write_config(
         tmp_path,
@@ -191,12 +193,15 @@ def test_an_unavailable_model_is_recorded_as_missing_and_skips_the_tests(tmp_pat
     clip = scores["clip_score"]
     assert clip.value is None and clip.error is None
     assert "no-such-model" in clip.raw[UNAVAILABLE_KEY] and "does not exist" in clip.raw[UNAVAILABLE_KEY]
-    gate = Gate(harness)
-    with pytest.raises(pytest.skip.Exception, match="not fully judged: clip_score: model folder .*no-such-model"):
+    gate = Gate(harness, harness.policy)  # the sample checkpoint is gated (latest): incomplete fails it
+    with pytest.raises(AssertionError, match="(?s)INCOMPLETE.*clip_score: not judged .*no-such-model.*--allow-incomplete"):
         gate.check_image(case)
     checkpoint = harness.checkpoints[0]
-    with pytest.raises(pytest.skip.Exception, match="no-such-model"):
-        gate.check_checkpoint(checkpoint)  # the clip_score checkpoint minimum is not a failure: nothing to check
+    with pytest.raises(AssertionError, match="(?s)INCOMPLETE.*no-such-model"):
+        gate.check_checkpoint(checkpoint)  # never a pass on metrics that were not judged
+    accepting = Gate(harness, Policy(allow_incomplete=True))
+    with pytest.raises(pytest.skip.Exception, match="accepted by --allow-incomplete.*no-such-model"):
+        accepting.check_checkpoint(checkpoint)
     rows = [r for r in harness.store.rows(run_id="test-run") if r.metric == "clip_score"]
     assert len(rows) == 3 and all(r.value is None and r.error is None and UNAVAILABLE_KEY in r.raw for r in rows)
 

@@ -51,7 +51,7 @@ def test_verdicts_follow_the_gate_rules_and_failures_come_first(tmp_path: Path) 
     assert status["lora-r4-step000600-p02-s42"] == "error"
     assert view.failing_cases[0].key == "lora-r4-step000600-p02-s42"  # errors first, then gated, then xfail
     assert {c.status for c in view.failing_cases[1:]} == {"xfail"}
-    assert view.case_counts == {"error": 1, "fail": 0, "xfail": 4, "skipped": 0, "pass": 8}
+    assert view.case_counts == {"error": 1, "fail": 0, "incomplete": 0, "inconclusive": 0, "xfail": 4, "skipped": 0, "pass": 8}
     checkpoints = {c.key: c for c in view.checkpoints}
     assert checkpoints["lora-r4-step000200"].status == "xfail"
     assert checkpoints["lora-r4-step000600"].gated and checkpoints["lora-r4-step000600"].status == "pass"
@@ -92,7 +92,8 @@ def test_table_cells_hold_mean_ci_and_a_colour_scale(tmp_path: Path) -> None:
     assert (cell.mean, cell.n) == (expected.mean, 2)
     low, high = by_key["lora-r4-step000200"].cells["eval_person_llm"], by_key["lora-r32-step000600"].cells["eval_person_llm"]
     assert low.mean < high.mean
-    assert low.ok is False and high.ok is True  # against the checkpoint minimum of 0.5
+    # against the checkpoint minimum of 0.5: two images cannot decide either way at 98%
+    assert (low.ok, low.undecided) == (True, True) and (high.ok, high.undecided) == (True, True)
     red = int(low.colour[1:3], 16) - int(low.colour[3:5], 16)
     green = int(high.colour[3:5], 16) - int(high.colour[1:3], 16)
     assert red > 0 and green > 0, (low.colour, high.colour)

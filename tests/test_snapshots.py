@@ -120,6 +120,12 @@ def test_snapshot_update_then_equal_then_tiny_change_then_regression(
     write_suite(pytester.path)
     path = pytester.path / "__snapshots__" / "test_regression" / "test_snapshot[mylora-latest].json"
 
+    # 0. a [snapshot] section and nothing stored yet: fails with the exact command that stores it
+    missing = run(pytester, "-n", "2")
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines(["*no stored snapshot: store this checkpoint's scores with "
+                                  "`pytest 'test_regression.py::test_snapshot[[]mylora-latest[]]' --snapshot-update`*"])
+
     # 1. store, under xdist
     created = run(pytester, "--snapshot-update", "-n", "2")
     created.assert_outcomes(passed=1)
@@ -150,17 +156,35 @@ def test_snapshot_update_then_equal_then_tiny_change_then_regression(
     ])
     assert "magnitude_score: snapshot" in worse.stdout.str()
 
-    # 5. a judge that cannot run here (a model not downloaded): skipped with the reason, not "no value",
-    #    and --snapshot-update leaves the stored means alone
+    # 5. a judge that cannot run here (a model not downloaded): incomplete with the reason, not "no value"
+    #    (a failure, or a skip with --allow-incomplete), and --snapshot-update leaves the stored means alone
     before = path.read_text()
     config = pytester.path / "lora_eval.toml"
     config.write_text(config.read_text().replace(
         "[snapshot]", '[[judges]]\nname = "clip_score"\noptions = { model = "./models/clip-not-here" }\n\n[snapshot]'))
     for args in ((), ("--snapshot-update",)):
-        skipped = run(pytester, "-rs", *args)
-        skipped.assert_outcomes(skipped=1)
-        skipped.stdout.fnmatch_lines(["*SKIPPED*snapshot not compared: *clip-not-here*"])
+        failed = run(pytester, "-rs", *args)
+        failed.assert_outcomes(failed=1)
+        failed.stdout.fnmatch_lines(["E * snapshot: INCOMPLETE", "E * not judged: *clip-not-here*"])
         assert path.read_text() == before
+        skipped = run(pytester, "-rs", "--allow-incomplete", *args)
+        skipped.assert_outcomes(skipped=1)
+        skipped.stdout.fnmatch_lines(["*SKIPPED*accepted by --allow-incomplete*clip-not-here*"])
+        assert path.read_text() == before
+
+
+@pytest.mark.slow
+def test_without_a_snapshot_section_the_test_skips_saying_how_to_enable_it(pytester: pytest.Pytester) -> None:
+    write_suite(pytester.path)
+    config = pytester.path / "lora_eval.toml"
+    config.write_text(config.read_text().replace("[snapshot]\ntolerance = 0.02\n", ""))
+    result = run(pytester, "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines([
+        "*SKIPPED*no [[]snapshot[]] section in *lora_eval.toml: add `[[]snapshot[]]` with `tolerance = 0.02`, then store "
+        "the gated checkpoints' scores once with `pytest 'test_regression.py::test_snapshot[[]mylora-latest[]]' --snapshot-update`*"
+    ])
+    assert not (pytester.path / "__snapshots__").exists()
 
 
 def test_tolerances_for_unknown_metrics_are_a_config_error(tmp_path: Path) -> None:

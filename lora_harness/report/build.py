@@ -112,6 +112,7 @@ def finish_session(
     shard: str | None,
     exit_status: int,
     checkpoints: Iterable[Checkpoint] = (),
+    verdicts: Sequence[dict] = (),
 ) -> ReportFiles | None:
     """At the end of a pytest session: record it in `run.json`, then rebuild `report.html` for the run.
 
@@ -130,6 +131,7 @@ def finish_session(
             "exit_status": int(exit_status),
             "scores": sum(1 for row in all_rows if row.run_id == run_id),
             "gated": gated_keys(config, checkpoints),
+            "verdicts": list(verdicts),
         }
     )
     record_session(run_dir, config, session, {k: sorted(v) for k, v in judges.items()})

@@ -26,6 +26,7 @@ from lora_harness.report.scale_plots import scale_plots
 from lora_harness.report.training_images import training_matches
 from lora_harness.redact import Redactor
 from lora_harness.report.thumbs import Thumbnail, start_thumbnails
+from lora_harness.verdicts.outcome import verdicts_of
 from lora_harness.report.view import ReportView, Rules, build_view
 from lora_harness.store import ScoreRow
 
@@ -108,6 +109,8 @@ def build_html_report(
         thumbnails = start_report_thumbnails(rows, out_dir, options)
     started = time.perf_counter()
     view = build_view(rows, rules, redactor=redactor)
+    if manifest is not None:
+        view.test_verdicts = verdicts_of(manifest.latest_verdicts())
     timings.phases["view"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -61,6 +61,9 @@ class SessionRecord(_Model):
     # The gated checkpoints among all the session collected (before --shard): a shard's own scores cannot
     # tell which checkpoint is the latest. None with gate "best" (chosen from scores) or when unknown.
     gated: list[str] | None = None
+    # What the session's gate tests decided (test id, decision, gated), baseline and snapshot tests included:
+    # the report's badge counts them with the verdicts it derives from scores.
+    verdicts: list[dict[str, Any]] = []
 
 
 class RunManifest(_Model):
@@ -78,6 +81,13 @@ class RunManifest(_Model):
     libraries: dict[str, str] = {}
     sessions: list[SessionRecord] = []
     merged_from: list[str] = []  # run folders a `lora-harness merge` combined
+
+    def latest_verdicts(self) -> list[dict[str, Any]]:
+        """The gate-test verdicts of the newest session of each shard (a rerun replaces the one before)."""
+        newest: dict[str | None, SessionRecord] = {}
+        for session in self.sessions:
+            newest[session.shard] = session
+        return [v for session in newest.values() for v in session.verdicts]
 
     @property
     def gated(self) -> set[str] | None:

@@ -157,11 +157,16 @@ class ReportView:
     cost: "Cost"
     has_thresholds: bool
 
+    test_verdicts: list[Verdict] = field(default_factory=list)  # recorded by gate tests (run.json)
+
+    def verdicts(self) -> list[Verdict]:
+        """Every case and checkpoint verdict derived from the scores."""
+        return [v.verdict for v in (*self.cases, *self.checkpoints) if v.verdict is not None]
+
     @property
     def badge(self) -> str:
-        """The run's word, from every case and checkpoint verdict (`outcome.run_badge`)."""
-        verdicts = [v.verdict for v in (*self.cases, *self.checkpoints) if v.verdict is not None]
-        return run_badge(verdicts, has_rules=self.has_thresholds)
+        """The run's word (`outcome.run_badge`): score verdicts and the ones gate tests recorded."""
+        return run_badge([*self.verdicts(), *self.test_verdicts], has_rules=self.has_thresholds or bool(self.test_verdicts))
 
 
 def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor: Redactor | None = None) -> ReportView:

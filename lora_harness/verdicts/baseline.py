@@ -25,6 +25,8 @@ import pandas as pd
 from lora_harness.cases import Checkpoint
 from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
 from lora_harness.report.csv import ScoresCsvError, metric_columns, read_scores_csv
+from lora_harness.verdicts.gate_check import enforce
+from lora_harness.verdicts.outcome import Decision, Policy, Verdict, decide
 from lora_harness.verdicts.stats import PairedDifference, paired_difference
 from lora_harness.store import ScoreRow, latest_rows, read_rows
 
@@ -141,9 +143,28 @@ class CaseDiff:
         return self.candidate - self.baseline
 
 
+DEFAULT_MARGIN_SCORE = 0.05  # scores in [0, 1]: half the per-image judge noise (sd 0.1) of LLM scores
+DEFAULT_MARGIN_BINARY = 0.10  # 0/1 metrics: one image in ten
+DEFAULT_MARGIN_RELATIVE = 0.05  # other scales (CLIP score): 5% of the baseline's mean
+
+
+def default_margin(candidate: Sequence[float], baseline: Sequence[float]) -> float:
+    """The non-inferiority margin when the config names none, by the kind of metric the values show."""
+    values = [*candidate, *baseline]
+    if values and all(v in (0.0, 1.0) for v in values):
+        return DEFAULT_MARGIN_BINARY
+    if values and all(0.0 <= v <= 1.0 for v in values):
+        return DEFAULT_MARGIN_SCORE
+    return DEFAULT_MARGIN_RELATIVE * abs(sum(baseline) / len(baseline)) if baseline else DEFAULT_MARGIN_SCORE
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """The non-inferiority verdict for one metric, with everything its message needs."""
+    """The non-inferiority verdict for one metric, with everything its message needs.
+
+    Three ways: pass when the interval's lower bound clears -margin, fail when the whole interval is below
+    it, inconclusive otherwise; incomplete when too few cases pair up to compare at all.
+    """
 
     metric: str
     candidate: str
@@ -155,10 +176,22 @@ class Comparison:
     unpaired_baseline: tuple[str, ...] = ()
     note: str | None = None
     min_pairs: int = 2
+    policy: Policy = Policy()
+
+    @property
+    def decision(self) -> Decision:
+        d = self.result.diff
+        if self.result.n < self.min_pairs:
+            return "incomplete"
+        if d.low >= -self.margin:
+            return "pass"
+        if d.high < -self.margin:
+            return "fail"
+        return "inconclusive"
 
     @property
     def passed(self) -> bool:
-        return self.result.n >= self.min_pairs and self.result.diff.low >= -self.margin
+        return self.decision == "pass"
 
     def describe(self, worst: int = 3) -> str:
         r, d = self.result, self.result.diff
@@ -169,11 +202,12 @@ class Comparison:
                 "Candidate and baseline must share prompt ids and seeds (same sample_prompts.txt and --d seeds)."
             ]
         else:
-            verdict = (
-                f"passes (CI low {d.low:+.4f} >= -margin {-self.margin:+.4f})"
-                if self.passed
-                else f"FAILS: CI low {d.low:+.4f} < -margin {-self.margin:+.4f}"
-            )
+            verdict = {
+                "pass": f"passes (CI low {d.low:+.4f} >= -margin {-self.margin:+.4f})",
+                "fail": f"FAILS: CI high {d.high:+.4f} < -margin {-self.margin:+.4f} (worse beyond the margin)",
+                "inconclusive": f"INCONCLUSIVE: the CI straddles -margin {-self.margin:+.4f}; "
+                f"about {self._pairs_to_decide()} pairs would decide",
+            }[self.decision]
             lines = [
                 f"{head}: difference {d.mean:+.4f} ({d.confidence:.0%} CI [{d.low:+.4f}, {d.high:+.4f}], "
                 f"n={r.n} pairs), non-inferiority margin {self.margin:.4f}: {verdict}",
@@ -194,11 +228,22 @@ class Comparison:
             lines.append(f"  note: {self.note}")
         return "\n".join(lines)
 
+    def _pairs_to_decide(self) -> int:
+        d = self.result.diff
+        gap = abs(d.mean + self.margin)
+        half = (d.high - d.low) / 2
+        if gap < 1e-9 or not math.isfinite(half):
+            return max(self.result.n * 4, 12)
+        return max(self.result.n + 1, math.ceil(self.result.n * (half / gap) ** 2))
+
+    @property
+    def verdict(self) -> Verdict:
+        return decide([(self.decision, self.describe())], gated=True)
+
     def check(self) -> None:
-        """Raise AssertionError with the full message when the candidate is not non-inferior."""
+        """Raise the test outcome of the comparison (fail, or the `[gate]` policy's for undecided ones)."""
         __tracebackhide__ = True  # pytest shows the message, not this frame
-        if not self.passed:
-            raise AssertionError(self.describe())
+        enforce(self.verdict, f"baseline comparison of {self.metric}", self.policy)
 
 
 def compare_paired(
@@ -206,12 +251,13 @@ def compare_paired(
     baseline: Mapping[Hashable, Sequence[float | None]],
     *,
     metric: str,
-    margin: float,
+    margin: float | None,
     candidate_label: str = "candidate",
     baseline_label: str = "baseline",
     labels: Mapping[Hashable, str] | None = None,
     stats: StatsConfig | None = None,
     note: str | None = None,
+    policy: Policy = Policy(),
 ) -> Comparison:
     """Pair the two sides by key, average replicates per key, bootstrap the mean difference."""
     stats = stats or StatsConfig()
@@ -226,9 +272,10 @@ def compare_paired(
     shared = [k for k in sorted(set(cand) & set(base), key=str) if cand[k] is not None and base[k] is not None]
     label = lambda k: labels.get(k) or _key_label(k)  # noqa: E731
     result = paired_difference(
-        [cand[k] for k in shared], [base[k] for k in shared],
-        confidence=stats.confidence, n_resamples=stats.resamples, seed=stats.seed,
+        [cand[k] for k in shared], [base[k] for k in shared], confidence=stats.confidence, sd_floor=stats.sd_floor,
     )
+    if margin is None:
+        margin = default_margin([cand[k] for k in shared], [base[k] for k in shared])  # type: ignore[misc]
     cases = sorted((CaseDiff(label(k), cand[k], base[k]) for k in shared), key=lambda c: (c.diff, c.label))  # type: ignore[arg-type]
     return Comparison(
         metric=metric,
@@ -240,6 +287,7 @@ def compare_paired(
         unpaired_candidate=tuple(label(k) for k in sorted(set(cand) - set(base), key=str)),
         unpaired_baseline=tuple(label(k) for k in sorted(set(base) - set(cand), key=str)),
         note=note,
+        policy=policy,
     )
 
 
@@ -248,12 +296,13 @@ def compare_observations(
     baseline: Iterable[Observation],
     *,
     metric: str,
-    margin: float = 0.0,
+    margin: float | None = None,
     on: Sequence[str] = ("prompt_id", "seed"),
     candidate_label: str = "candidate",
     baseline_label: str = "baseline",
     stats: StatsConfig | None = None,
     note: str | None = None,
+    policy: Policy = Policy(),
 ) -> Comparison:
     """Compare one metric of two sets of observations, pairing on the `on` fields (e.g. training_step,
     prompt_id to compare two whole sweeps of the study). Worst cases are named by the candidate's case key
@@ -272,7 +321,7 @@ def compare_observations(
             labels.setdefault(key, _observation_label(o, on))
     return compare_paired(
         cand, base, metric=metric, margin=margin, candidate_label=candidate_label, baseline_label=baseline_label,
-        labels=labels, stats=stats, note=note,
+        labels=labels, stats=stats, note=note, policy=policy,
     )
 
 
@@ -341,7 +390,8 @@ class BaselinePlan:
     def metrics(self) -> list[str]:
         return list(self.config.metrics or self.config.margins or self.produced_metrics)
 
-    def margin(self, metric: str) -> float:
+    def margin(self, metric: str) -> float | None:
+        """The configured margin; None: `default_margin` for the metric's kind, once the values are known."""
         return self.config.margins.get(metric, self.config.margin)
 
     def _own(self, loraname: str, step: int, kind: str | None = None) -> Checkpoint | None:
@@ -408,7 +458,7 @@ class BaselinePlan:
             cand_obs, base_obs, metric=metric, margin=self.margin(metric),
             on=("prompt_id", "seed") if use_seed else ("prompt_id",),
             candidate_label=candidate.key, baseline_label=where, stats=self.stats,
-            note=None if use_seed else "paired on prompt id only: one side has no seeds",
+            note=None if use_seed else "paired on prompt id only: one side has no seeds", policy=harness.policy,
         )
 
     @staticmethod

@@ -5,7 +5,8 @@ The only module of the verdict layer that imports pytest; the decision itself is
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -17,10 +18,19 @@ if TYPE_CHECKING:
     from lora_harness.harness import Harness
 
 
+VERDICT_PROPERTY = "lora_verdict"
+# The running test's `user_properties` (set by the plugin around each test call): every verdict a test
+# enforces is recorded there, so the controller (xdist) sees it and run.json / the report badge include it.
+current_properties: ContextVar[list[tuple[str, Any]] | None] = ContextVar("lora_current_properties", default=None)
+
+
 def enforce(verdict: Verdict, where: str, policy: Policy = Policy(), *, label: str = "not gated") -> None:
     """Raise the pytest outcome the verdict leads to (nothing for a pass)."""
     __tracebackhide__ = True
     outcome = verdict.outcome(policy)
+    properties = current_properties.get()
+    if properties is not None:
+        properties.append((VERDICT_PROPERTY, {"where": where, "decision": verdict.decision, "gated": verdict.gated}))
     if outcome == "pass":
         if verdict.decision == "inconclusive":  # `[gate] inconclusive = "pass"`: passes, and says so
             import warnings
@@ -39,6 +49,32 @@ def enforce(verdict: Verdict, where: str, policy: Policy = Policy(), *, label: s
     elif verdict.decision == "inconclusive":
         message += "\n  the evidence cannot decide; [gate] inconclusive = \"fail\" fails it (\"xfail\" or \"pass\" to accept)"
     raise AssertionError(message)
+
+
+def incomplete(where: str, reason: str, policy: Policy = Policy()) -> None:
+    """A gated test whose evidence could not be gathered here (a judge's model or package absent)."""
+    __tracebackhide__ = True
+    enforce(Verdict("incomplete", True, (f"not judged: {reason}",)), where, policy)
+
+
+class Unjudged:
+    """What a regression fixture returns when its evidence could not be gathered here: the test's own
+    `.check()` (or snapshot comparison) then reports it as incomplete, a test failure rather than a fixture
+    error, or a skip under --allow-incomplete."""
+
+    def __init__(self, where: str, reason: str, policy: Policy = Policy()) -> None:
+        self.where, self.reason, self.policy = where, reason, policy
+
+    def check(self) -> None:
+        __tracebackhide__ = True
+        incomplete(self.where, self.reason, self.policy)
+
+    def __eq__(self, other: object) -> bool:  # `assert snapshot_lora == summary`
+        __tracebackhide__ = True
+        self.check()
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 class Gate:

@@ -118,7 +118,8 @@ def checkpoint_findings(
         elif agg.high < minimum:
             findings.append(Finding(metric, agg.high, minimum, "checkpoint", statistic="ci", detail=agg.describe()))
         elif agg.low < minimum:
-            detail = f"{agg.describe()} straddles {minimum:g}; {what_would_decide(agg, minimum)}"
+            where = f" straddles {minimum:g}" if math.isfinite(agg.low) and math.isfinite(agg.high) else ""
+            detail = f"{agg.describe()}{where}; {what_would_decide(agg, minimum)}"
             findings.append(Finding(metric, agg.mean, minimum, "checkpoint", statistic="ci", detail=detail, decision="inconclusive"))
     return findings
 

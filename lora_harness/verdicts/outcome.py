@@ -18,7 +18,7 @@ and inconclusive as xfail and incomplete as a skip; gated ones fail, or follow `
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence
 
 Decision = Literal["pass", "fail", "inconclusive", "incomplete", "error"]
 TestOutcome = Literal["pass", "fail", "xfail", "skipped", "error"]
@@ -87,3 +87,12 @@ def run_badge(verdicts: Sequence[Verdict], *, has_rules: bool = True) -> Badge:
         if word in decisions:
             return "fail" if word == "error" else word  # type: ignore[return-value]
     return "pass" if has_rules else "scored"
+
+
+def verdicts_of(records: Iterable[Mapping[str, Any]]) -> list[Verdict]:
+    """Verdicts recorded by tests (`gate_check.enforce`, stored in run.json) back as Verdict objects."""
+    return [
+        Verdict(r["decision"], bool(r.get("gated")), (str(r.get("where", "")),))
+        for r in records
+        if r.get("decision") in SEVERITY
+    ]

@@ -109,6 +109,7 @@ class ScoreSnapshotExtension(JSONSnapshotExtension):
     """syrupy JSON extension whose `matches` compares metric means with tolerances, not text."""
 
     settings: SnapshotConfig = SnapshotConfig()
+    create_command: str = "pytest --snapshot-update"
 
     def serialize(self, data: Any, **kwargs: Any) -> str:
         if isinstance(data, CheckpointAggregates):
@@ -121,8 +122,11 @@ class ScoreSnapshotExtension(JSONSnapshotExtension):
 
     def diff_lines(self, serialized_data: Any, snapshot_data: Any) -> Iterator[str]:
         """The per-metric verdict first (what a reader needs), then syrupy's line diff of the files."""
+        if not snapshot_data:
+            yield f"no stored snapshot: store this checkpoint's scores with `{self.create_command}`"
+            return
         verdict = self._verdict(serialized_data, snapshot_data)
-        if verdict is not None and snapshot_data:
+        if verdict is not None:
             yield from verdict.lines()
         yield from super().diff_lines(serialized_data, snapshot_data)
 
@@ -137,11 +141,12 @@ class ScoreSnapshotExtension(JSONSnapshotExtension):
 
 
 @lru_cache(maxsize=None)
-def _extension_for(settings_json: str) -> type[ScoreSnapshotExtension]:
+def _extension_for(settings_json: str, create_command: str) -> type[ScoreSnapshotExtension]:
     settings = SnapshotConfig.model_validate_json(settings_json)
-    return type("ScoreSnapshotExtension", (ScoreSnapshotExtension,), {"settings": settings})
+    return type("ScoreSnapshotExtension", (ScoreSnapshotExtension,), {"settings": settings, "create_command": create_command})
 
 
-def extension_for(config: SnapshotConfig) -> type[ScoreSnapshotExtension]:
-    """The extension class carrying `config`'s tolerances (syrupy instantiates extensions without arguments)."""
-    return _extension_for(config.model_dump_json())
+def extension_for(config: SnapshotConfig, create_command: str = "pytest --snapshot-update") -> type[ScoreSnapshotExtension]:
+    """The extension class carrying `config`'s tolerances and the command that stores a missing snapshot
+    (syrupy instantiates extensions without arguments)."""
+    return _extension_for(config.model_dump_json(), create_command)

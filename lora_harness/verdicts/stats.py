@@ -10,8 +10,9 @@ the README ("Verdict statistics"):
   Jeffreys intervals cover well on average but let a checkpoint truly at its threshold pass up to 6-9% of
   the time at some n; the exact interval never does.
 - Other metrics: the Student t interval of the mean (the studentized interval; `scipy.stats.t`), with the
-  standard deviation floored at `sd_floor` for scores in [0, 1], so three equal LLM scores do not give a
-  zero-width interval "with confidence", and clipped to [0, 1] for such scores. The percentile bootstrap
+  standard deviation floored at `sd_floor` for scores a judge gives on a grid (multiples of 0.05, as LLM
+  judges answer), so three equal LLM scores do not give a zero-width interval "with confidence", and
+  clipped to [0, 1] for scores in that range. The percentile bootstrap
   covered only 73-85% at n = 3-6 and BCa is degenerate on equal values, so neither is used for verdicts.
 - Paired differences (candidate - baseline on the same prompt and seed): the paired t interval for scores;
   for 0/1 metrics an exact unconditional interval over the pairs' discordant counts (the nuisance parameter
@@ -85,6 +86,15 @@ def _unit(data: np.ndarray) -> bool:
     return data.size > 0 and float(data.min()) >= 0.0 and float(data.max()) <= 1.0
 
 
+GRID = 0.05  # LLM judges answer in steps of 0.05 or 0.1
+
+
+def on_grid(data: np.ndarray) -> bool:
+    """Scores a judge gives on a coarse grid (multiples of 0.05): equal values there are rounding, not
+    certainty, so their spread is floored. Continuous judges (embeddings, face distance) are not."""
+    return data.size > 0 and bool(np.all(np.abs(data / GRID - np.round(data / GRID)) < 1e-6))
+
+
 def mean_ci(
     values: Sequence[float | None], *, confidence: float = DEFAULT_CONFIDENCE, sd_floor: float = DEFAULT_SD_FLOOR, **_: Any
 ) -> MeanCI:
@@ -105,7 +115,7 @@ def mean_ci(
     if n < 2:
         return MeanCI(mean, std, n, -math.inf, math.inf, confidence, METHOD_T)
     unit = _unit(data)
-    spread = max(std, sd_floor) if unit else std
+    spread = max(std, sd_floor) if unit and on_grid(data) else std
     half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * spread / math.sqrt(n)
     low, high = mean - half, mean + half
     if unit:
@@ -179,19 +189,22 @@ def paired_difference(
     if is_binary(cand) and is_binary(base):
         diff = _paired_binary_ci(cand, base, confidence)
     else:
-        diff = _paired_t_ci(cand - base, confidence, sd_floor if _unit(cand) and _unit(base) else 0.0)
+        floor = sd_floor if _unit(cand) and _unit(base) and on_grid(cand) and on_grid(base) else 0.0
+        diff = _paired_t_ci(cand - base, confidence, floor, bounded=_unit(cand) and _unit(base))
     return PairedDifference(len(pairs), float(cand.mean()), float(base.mean()), diff)
 
 
-def _paired_t_ci(d: np.ndarray, confidence: float, sd_floor: float) -> MeanCI:
+def _paired_t_ci(d: np.ndarray, confidence: float, sd_floor: float, *, bounded: bool) -> MeanCI:
     n = int(d.size)
     mean = float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else 0.0
     if n < 2:
         return MeanCI(mean, std, n, -math.inf, math.inf, confidence, METHOD_T)
     half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * max(std, sd_floor) / math.sqrt(n)
-    return MeanCI(mean, std, n, max(mean - half, -1.0) if sd_floor else mean - half,
-                  min(mean + half, 1.0) if sd_floor else mean + half, confidence, METHOD_T)
+    low, high = mean - half, mean + half
+    if bounded:  # a difference of two scores in [0, 1]
+        low, high = max(low, -1.0), min(high, 1.0)
+    return MeanCI(mean, std, n, low, high, confidence, METHOD_T)
 
 
 def _paired_binary_ci(cand: np.ndarray, base: np.ndarray, confidence: float) -> MeanCI:
