@@ -100,13 +100,17 @@ def test_api_key_never_reaches_reports_logs_csv_or_cache(tmp_path):
     assert {".jsonl", ".csv", ".json"} <= files  # the grep covered store, CSVs and cache
 
 
-def test_without_an_endpoint_llm_tests_skip_saying_how_to_enable(tmp_path):
+def test_without_an_endpoint_gated_llm_tests_are_incomplete_saying_how_to_enable(tmp_path):
     write_suite(tmp_path, base_url=None)
     result = run(tmp_path, "-rs", "-k", "test_image or test_checkpoint")
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert "5 skipped" in result.stdout and "passed" not in result.stdout.splitlines()[-1]
+    assert result.returncode == 1, result.stdout[-3000:]  # gated metrics never judged: not a pass
+    assert "5 failed" in result.stdout.splitlines()[-1] and "INCOMPLETE" in result.stdout
     assert "no LLM endpoint configured: set OPENAI_API_KEY in the environment or in a .env file" in result.stdout
     assert "base_url" in result.stdout
+    accepted = run(tmp_path, "-rs", "-k", "test_image or test_checkpoint", "--allow-incomplete")
+    assert accepted.returncode == 0, accepted.stdout[-3000:]
+    assert "5 skipped" in accepted.stdout and "passed" not in accepted.stdout.splitlines()[-1]
+    assert "accepted by --allow-incomplete" in accepted.stdout
 
 
 def test_pairwise_comparison_gates_candidate_not_worse(tmp_path):

@@ -110,7 +110,7 @@ def test_leakage_fails_where_the_reference_appears_without_the_trigger(run) -> N
     assert len(leaked.failures) == 1 and "pixel_similarity_max = 1.0000 >= ceiling 0.9999" in leaked.failures[0]
     assert "a man in a park" in leaked.failures[0] and not leaked.errors
     assert clean.passed and len(clean.lines) == 1 and "< 0.9999" in clean.lines[0]
-    with pytest.raises(AssertionError, match="leakage of tiny-person-epoch000002: FAILS"):
+    with pytest.raises(AssertionError, match="leakage of tiny-person-epoch000002: FAIL\\b"):
         run_check(harness, "lora_leakage_check", E2).check()  # gated (latest): fails
     run_check(harness, "lora_leakage_check", E1).check()  # passes
 
@@ -124,7 +124,7 @@ def test_strength_gain_is_gated_per_checkpoint(run) -> None:
     assert any(line.startswith("scale 0.5: pixel_similarity_max = ") for line in good.lines)
     bad = evaluate_strength(harness, E1)
     assert len(bad.failures) == 1 and "< margin 0.005" in bad.failures[0]
-    with pytest.raises(pytest.xfail.Exception, match="not gated: strength of tiny-person-epoch000001: FAILS"):
+    with pytest.raises(pytest.xfail.Exception, match="not gated: strength of tiny-person-epoch000001: FAIL\\b"):
         run_check(harness, "lora_strength_check", E1).check()  # ungated: reported, not failed
 
 

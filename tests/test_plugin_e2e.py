@@ -102,7 +102,8 @@ def test_checkpoint_mean_failure_is_its_own_case(pytester: pytest.Pytester) -> N
     result = run(pytester, "-k", "test_checkpoint")
     result.assert_outcomes(failed=2, xfailed=4, passed=2)
     result.stdout.fnmatch_lines(
-        ["E * checkpoint personal-lora-demo-r4-step000400 (*n=3*", "E *magnitude_score = 0.0* < 0.6000 (per-checkpoint minimum)"]
+        ["E * checkpoint personal-lora-demo-r4-step000400 (*n=3*): FAIL",
+         "E *magnitude_score CI high = 0.0* < 0.6000 (per-checkpoint minimum; mean 0.0*, 98% CI [[]0.0*, 0.0*], n=3)"]
     )
 
 
