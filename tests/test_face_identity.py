@@ -269,7 +269,8 @@ def test_match_distance_option_moves_the_decision(context: JudgeContext) -> None
 @pytest.mark.parametrize(
     "options, message",
     [
-        ({"backend": "insightface"}, "option 'backend' = 'insightface' is invalid: expected one of dlib"),
+        ({"backend": "insightface"}, "option 'backend' = 'insightface' is invalid: expected one of dlib, arcface"),
+        ({"device": "tpu"}, "option 'device' = 'tpu' is invalid: expected one of cpu, cuda, auto"),
         ({"upsample": 5}, r"option 'upsample' = 5 is invalid: expected an integer in \[0, 2\]"),
         ({"face": "largest"}, "option 'face' = 'largest' is invalid: expected one of primary, best_match"),
         ({"min_detector_score": "high"}, "option 'min_detector_score' = 'high' is invalid: expected a number"),

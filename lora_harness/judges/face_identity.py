@@ -1,4 +1,4 @@
-"""`face_identity`: is there a face, and is it the person of the reference photos? Offline, with dlib.
+"""`face_identity`: is there a face, and is it the person of the reference photos? Offline: dlib or ArcFace.
 
 Pipeline per image: a face backend finds every face above a confidence floor with its 5 landmarks and an
 identity descriptor (`lora_harness/judges/faces.py`), one face is chosen by the `face` policy, and that
@@ -6,7 +6,8 @@ face is compared with the reference faces. The default backend is dlib (`face_dl
 scale that finds 40 px faces, 5-point alignment, ResNet 128-d descriptor); its weights ship inside the PyPI
 package `face_recognition_models` (extra `face`), so the judge runs offline; ``model_dir`` points at another
 folder with the same `.dat` files. The 68-point landmark model is not used: its training data carries
-non-commercial terms.
+non-commercial terms. ``backend = "arcface"`` runs insightface-style ONNX models from a folder the user
+downloaded (`face_arcface.py`), with the same metrics and options.
 
 Metrics:
 * ``face_detected``: 1 when a face above ``min_detector_score`` was found, else 0 (an offline counterpart of
@@ -38,6 +39,16 @@ import numpy as np
 from lora_harness.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import ImageInputError, Lazy, ReferencePhotoError, prepare_image
+from lora_harness.judges.face_arcface import (
+    ARCFACE_EXTRA,
+    ARCFACE_MATCH_DISTANCE,
+    ARCFACE_MIN_SCORE,
+    DEFAULT_ARCFACE_DIR,
+    GET_MODELS,
+    ArcFaces,
+    ArcFaceSettings,
+    onnx_providers,
+)
 from lora_harness.judges.face_dlib import (
     DLIB_SAME_PERSON_DISTANCE,
     FACE_EXTRA,
@@ -49,9 +60,11 @@ from lora_harness.judges.faces import FACE_POLICIES, Comparison, DetectedFace, F
 from lora_harness.models import ModelUnavailable, cached, require
 
 METRICS = ("face_detected", "face_identity_mean", "face_identity_max", "face_distance", "face_match")
-BACKENDS = ("dlib",)
-DEFAULT_MATCH_DISTANCE = {"dlib": DLIB_SAME_PERSON_DISTANCE}
-DEFAULT_MIN_DETECTOR_SCORE = {"dlib": 0.0}  # dlib: the detector's trained operating point (adjust_threshold 0)
+BACKENDS = ("dlib", "arcface")
+DEFAULT_MATCH_DISTANCE = {"dlib": DLIB_SAME_PERSON_DISTANCE, "arcface": ARCFACE_MATCH_DISTANCE}
+# dlib: the detector's trained operating point (adjust_threshold 0); SCRFD: insightface's det_thresh 0.5.
+DEFAULT_MIN_DETECTOR_SCORE = {"dlib": 0.0, "arcface": ARCFACE_MIN_SCORE}
+DEVICES = ("cpu", "cuda", "auto")
 
 __all__ = ["FaceIdentityJudge", "MODEL_FILES", "METRICS", "default_model_dir"]
 
@@ -83,7 +96,12 @@ def default_model_dir() -> Path:
 
 @register("face_identity")
 class FaceIdentityJudge:
-    """Face presence and identity of a chosen face against the reference photos' faces (dlib or ArcFace)."""
+    """Face presence and identity of a chosen face against the reference photos' faces (dlib or ArcFace).
+
+    Options for both backends: model_dir, face, min_detector_score, match_distance, min_side, max_side.
+    dlib only: min_face_px, detect_min_side, detect_max_side, upsample, num_jitters.
+    arcface only: det_size (detector input side), device (cpu | cuda | auto).
+    """
 
     name = "face_identity"
     version = "2"  # 2: face policy and confidence floor, detection scale by min_face_px, face_distance/face_match
@@ -101,6 +119,8 @@ class FaceIdentityJudge:
         detect_max_side: int = 2560,
         upsample: int = 0,
         num_jitters: int = 0,
+        det_size: int = 640,
+        device: str = "cpu",
         min_side: int = 32,
         max_side: int = 2048,
         **unknown: Any,
@@ -124,6 +144,11 @@ class FaceIdentityJudge:
         self.detect_max_side = check_int(self.name, "detect_max_side", detect_max_side, 64, 8192)
         self.upsample = check_int(self.name, "upsample", upsample, 0, 2)
         self.num_jitters = check_int(self.name, "num_jitters", num_jitters, 0, 100)
+        self.det_size = check_int(self.name, "det_size", det_size, 64, 4096)
+        if self.det_size % 32:
+            raise ValueError(f"{self.name} option 'det_size' = {det_size} is invalid: expected a multiple of 32 "
+                             f"(the detector's largest stride), e.g. 640")
+        self.device = check_choice(self.name, "device", device, DEVICES)
         self.min_side = check_int(self.name, "min_side", min_side, 1)
         self.max_side = check_int(self.name, "max_side", max_side, 64)
         self._faces: Lazy[FaceBackend] = Lazy(self._load)
@@ -245,6 +270,8 @@ class FaceIdentityJudge:
         return result
 
     def _load(self) -> FaceBackend:
+        if self.backend == "arcface":
+            return self._load_arcface()
         require("dlib", judge=self.name, install=FACE_EXTRA)
         folder = Path(self.model_dir).expanduser() if self.model_dir else default_model_dir()
         missing = [name for name in MODEL_FILES.values() if not (folder / name).is_file()]
@@ -262,6 +289,18 @@ class FaceIdentityJudge:
             num_jitters=self.num_jitters,
         )
         return cached(("dlib-faces", str(folder.resolve())), lambda: DlibFaces(folder)).with_settings(settings)
+
+    def _load_arcface(self) -> FaceBackend:
+        """ONNX models from `model_dir` (default insightface's own folder); never downloaded (licence)."""
+        ort = require("onnxruntime", judge=self.name, install=ARCFACE_EXTRA)
+        folder = Path(self.model_dir or DEFAULT_ARCFACE_DIR).expanduser()
+        if not folder.is_dir() or not any(folder.glob("*.onnx")):
+            state = "does not exist" if not folder.is_dir() else "has no .onnx files"
+            raise ModelUnavailable(f"{self.name} (backend arcface): model folder {folder} {state}; {GET_MODELS}")
+        providers = onnx_providers(self.device, list(ort.get_available_providers()))
+        settings = ArcFaceSettings(min_detector_score=self.min_detector_score, det_size=self.det_size)
+        key = ("arcface-faces", str(folder.resolve()), tuple(providers))
+        return cached(key, lambda: ArcFaces(folder, providers)).with_settings(settings)
 
 
 def _face_entry(face: DetectedFace, comparison: Comparison) -> dict[str, Any]:
