@@ -196,3 +196,17 @@ def test_device_choice() -> None:
     assert onnx_providers("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     with pytest.raises(ModelUnavailable, match="install onnxruntime-gpu"):
         onnx_providers("cuda", ["CPUExecutionProvider"])
+
+
+@pytest.mark.slow
+def test_missing_arcface_folder_skips_the_gated_tests_with_the_folder_and_how_to_get_it(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    from test_embedding_e2e import run, write_suite
+
+    folder = tmp_path / "buffalo_l"
+    judges = f'[[judges]]\nname = "image_stats"\n\n[[judges]]\nname = "face_identity"\noptions = {{ backend = "arcface", model_dir = "{folder}" }}\n'
+    write_suite(pytester.path, judges, "[thresholds.face_match]\nimage = 1\n")
+    result = run(pytester, "-k", "step000800", "-rs")
+    result.assert_outcomes(skipped=4)
+    result.stdout.fnmatch_lines([f"SKIPPED*face_identity (backend arcface): model folder {folder} does not exist; download insightface's buffalo_l*"])
