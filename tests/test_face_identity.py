@@ -270,13 +270,15 @@ def test_match_distance_option_moves_the_decision(context: JudgeContext) -> None
     "options, message",
     [
         ({"backend": "insightface"}, "option 'backend' = 'insightface' is invalid: expected one of dlib, arcface"),
-        ({"device": "tpu"}, "option 'device' = 'tpu' is invalid: expected one of cpu, cuda, auto"),
+        ({"backend": "arcface", "device": "tpu"}, "option 'device' = 'tpu' is invalid: expected one of cpu, cuda, auto"),
         ({"upsample": 5}, r"option 'upsample' = 5 is invalid: expected an integer in \[0, 2\]"),
         ({"face": "largest"}, "option 'face' = 'largest' is invalid: expected one of primary, best_match"),
         ({"min_detector_score": "high"}, "option 'min_detector_score' = 'high' is invalid: expected a number"),
         ({"match_distance": True}, "option 'match_distance' = True is invalid: expected a number"),
         ({"min_face_px": 2}, r"option 'min_face_px' = 2 is invalid: expected an integer in \[8, 1024\]"),
         ({"landmarks": 68}, "unknown option"),
+        ({"device": "cuda"}, r"option\(s\) device apply to backend 'arcface' only, and backend is 'dlib'"),
+        ({"backend": "arcface", "min_face_px": 30}, r"option\(s\) min_face_px apply to backend 'dlib' only"),
     ],
 )
 def test_options_are_validated(options: dict, message: str) -> None:

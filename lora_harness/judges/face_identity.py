@@ -65,6 +65,10 @@ DEFAULT_MATCH_DISTANCE = {"dlib": DLIB_SAME_PERSON_DISTANCE, "arcface": ARCFACE_
 # dlib: the detector's trained operating point (adjust_threshold 0); SCRFD: insightface's det_thresh 0.5.
 DEFAULT_MIN_DETECTOR_SCORE = {"dlib": 0.0, "arcface": ARCFACE_MIN_SCORE}
 DEVICES = ("cpu", "cuda", "auto")
+BACKEND_ONLY_OPTIONS = {
+    "dlib": ("min_face_px", "detect_min_side", "detect_max_side", "upsample", "num_jitters"),
+    "arcface": ("det_size", "device"),
+}
 
 __all__ = ["FaceIdentityJudge", "MODEL_FILES", "METRICS", "default_model_dir"]
 
@@ -149,10 +153,24 @@ class FaceIdentityJudge:
             raise ValueError(f"{self.name} option 'det_size' = {det_size} is invalid: expected a multiple of 32 "
                              f"(the detector's largest stride), e.g. 640")
         self.device = check_choice(self.name, "device", device, DEVICES)
+        self._reject_other_backends_options(locals())
         self.min_side = check_int(self.name, "min_side", min_side, 1)
         self.max_side = check_int(self.name, "max_side", max_side, 64)
         self._faces: Lazy[FaceBackend] = Lazy(self._load)
         self._references: tuple[Any, np.ndarray, tuple[str, ...], dict[str, str]] | None = None
+
+    def _reject_other_backends_options(self, given: dict[str, Any]) -> None:
+        """An option of the other backend would be silently ignored: say so instead."""
+        defaults = inspect.signature(FaceIdentityJudge.__init__).parameters
+        for backend, names in BACKEND_ONLY_OPTIONS.items():
+            if backend == self.backend:
+                continue
+            changed = [name for name in names if given[name] != defaults[name].default]
+            if changed:
+                raise ValueError(
+                    f"{self.name} option(s) {', '.join(changed)} apply to backend {backend!r} only, and backend is "
+                    f"{self.backend!r}; remove them or set backend = {backend!r}"
+                )
 
     @property
     def metrics(self) -> list[str]:
@@ -278,7 +296,7 @@ class FaceIdentityJudge:
         if missing:
             raise ModelUnavailable(
                 f"{self.name}: model file(s) {', '.join(missing)} not found in {folder}; "
-                + (f"put them there or remove the option model_dir" if self.model_dir else f"reinstall: {FACE_EXTRA}")
+                + ("put them there or remove the option model_dir" if self.model_dir else f"reinstall: {FACE_EXTRA}")
             )
         settings = DlibSettings(
             min_detector_score=self.min_detector_score,
