@@ -80,9 +80,9 @@ name = "face_identity"
 [thresholds.face_detected]
 image = 1
 
-[thresholds.face_identity_max]
-image = 0.9
-checkpoint = 0.95
+[thresholds.face_match]
+image = 1
+checkpoint = 1
 """
     write_suite(pytester.path, judges, thresholds)
     result = run(pytester, "-rx")  # serial: each xdist worker would pay the ~10 s torch/transformers import
@@ -94,12 +94,13 @@ checkpoint = 0.95
     wide = pd.read_csv(pytester.path / "reports" / "embed" / "scores.csv", dtype={"training_step": str, "prompt_id": str})
     assert len(wide) == 12
     for column in ("clip_score", "clip_i_mean", "clip_i_max", "dino_mean", "dino_max", "face_detected",
-                   "face_identity_mean", "face_identity_max"):
+                   "face_identity_mean", "face_identity_max", "face_distance", "face_match"):
         assert column in wide.columns, column
     assert wide["clip_score"].between(0, 100).all()
     assert wide["dino_mean"].between(-1, 1).all() and (wide["dino_max"] >= wide["dino_mean"] - 1e-9).all()
     latest = wide[wide.training_step == "000800"]
     assert (latest["face_detected"] == 1).all() and (latest["face_identity_max"] > 0.95).all()
+    assert (latest["face_match"] == 1).all() and (latest["face_distance"] < 0.3).all()
     hidden = wide[(wide.training_step == "000200") & (wide.prompt_id == "01")]
     assert (hidden["face_detected"] == 0).all() and hidden["face_identity_mean"].isna().all()
     long = pd.read_csv(pytester.path / "reports" / "embed" / "scores_long.csv")

@@ -236,7 +236,7 @@ def test_a_model_of_the_wrong_kind_fails_the_cases_with_its_message(tmp_path: Pa
 @pytest.mark.slow
 def test_face_identity_scores_the_demo_and_a_faceless_image_is_missing_not_zero(tmp_path: Path) -> None:
     pytest.importorskip("dlib")
-    path = write_config(tmp_path, '\n[[judges]]\nname = "face_identity"\n', "\n[thresholds.face_identity_max]\nimage = 0.9\n")
+    path = write_config(tmp_path, '\n[[judges]]\nname = "face_identity"\n', "\n[thresholds.face_match]\nimage = 1\n")
     # A cat among the samples: no face, so no identity value, and no failure of the identity threshold.
     from PIL import Image
 
@@ -247,10 +247,12 @@ def test_face_identity_scores_the_demo_and_a_faceless_image_is_missing_not_zero(
     for prompt in ("00", "01"):
         assert by_prompt[prompt]["face_detected"].value == 1.0
         assert by_prompt[prompt]["face_identity_max"].value > 0.95  # crops of the reference astronaut
+        assert by_prompt[prompt]["face_match"].value == 1.0 and by_prompt[prompt]["face_distance"].value < 0.3
     faceless = by_prompt["02"]
     assert faceless["face_detected"].value == 0.0
     assert faceless["face_identity_mean"].value is None and faceless["face_identity_mean"].error is None
     assert faceless["face_identity_mean"].raw["missing"] == "no face detected"
+    assert faceless["face_match"].value is None and faceless["face_match"].raw["missing"] == "no face detected"
     for case in harness.cases:
         Gate(harness).check_image(case)  # passes: the missing identity is not scored, not a failure
 

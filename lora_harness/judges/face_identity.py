@@ -1,111 +1,90 @@
-"""`face_identity`: is there a face, and is it the person of the reference photos? Offline, with dlib.
+"""`face_identity`: is there a face, and is it the person of the reference photos? Offline: dlib or ArcFace.
 
-Pipeline per image: dlib's HOG frontal-face detector (on a copy downscaled to ``detect_max_side``, with
-``upsample`` pyramid up-steps so faces down to ~40 px are found), the largest detection (HOG sometimes adds
-small false boxes), dlib's 5-point landmarks, an aligned 150 px face chip, and dlib's ResNet face
-descriptor (128-d, the model behind `face_recognition`). The weights ship inside the PyPI package
-`face_recognition_models` (extra `face`), so the judge runs offline by default; ``model_dir`` points at
-another folder holding the same three `.dat` files. The 68-point landmark model is not used: its training
-data carries non-commercial terms.
+Pipeline per image: a face backend finds every face above a confidence floor with its 5 landmarks and an
+identity descriptor (`lora_harness/judges/faces.py`), one face is chosen by the `face` policy, and that
+face is compared with the reference faces. The default backend is dlib (`face_dlib.py`: HOG detector at a
+scale that finds 40 px faces, 5-point alignment, ResNet 128-d descriptor); its weights ship inside the PyPI
+package `face_recognition_models` (extra `face`), so the judge runs offline; ``model_dir`` points at another
+folder with the same `.dat` files. The 68-point landmark model is not used: its training data carries
+non-commercial terms. ``backend = "arcface"`` runs insightface-style ONNX models from a folder the user
+downloaded (`face_arcface.py`), with the same metrics and options.
 
 Metrics:
-* ``face_detected``: 1 when a face was found, else 0 (an offline counterpart of the study's "person
-  present" criterion).
-* ``face_identity_mean`` / ``face_identity_max``: cosine similarity of the sample's face descriptor to
-  each reference face's, mean and max over the reference faces. Cosine (not dlib's Euclidean distance) so
-  the metric reads like the ArcFace-style numbers in the literature: higher is more alike. dlib's
-  descriptors are not unit length and their cosines are compressed near 1: the astronaut vs her own crops
-  and mirror image scores 0.98-1.0, vs the cameraman 0.82 (distance 0.85, where dlib's same-person rule
-  is distance < 0.6). The distances and that rule's votes are kept in ``raw``; thresholds belong around 0.9.
+* ``face_detected``: 1 when a face above ``min_detector_score`` was found, else 0 (an offline counterpart of
+  the study's "person present" criterion).
+* ``face_distance``: mean Euclidean distance of the chosen face's descriptor to the reference faces' (dlib's
+  own scale: lower is more alike), and ``face_match``: 1 when that distance is below ``match_distance``
+  (dlib's published operating point 0.6, 99.38% on LFW), else 0. This is the calibrated metric to gate on:
+  "is it the same person" without guessing a cosine.
+* ``face_identity_mean`` / ``face_identity_max``: cosine similarity to each reference face, mean and max,
+  kept for continuity and because the literature reports ArcFace cosines. dlib's descriptors are not unit
+  length and their cosines crowd near 1: different LFW people score 0.77-0.91 against the astronaut, so a
+  cosine threshold cannot separate them, while the distance rule does.
 
-No face in the sample: ``face_detected = 0`` and both identity metrics are recorded as missing (value
-None, ``raw["missing"]`` says why), never as similarity 0. Reference photos without a face are left out
-(listed in ``raw``); if none has a face, every case gets an error naming the photos.
+No face in the sample: ``face_detected = 0`` and the other metrics are recorded as missing (value None,
+``raw["missing"]`` says why), never as similarity 0. Reference photos without a face are left out (listed in
+``raw``); if none has a face, every case gets an error naming the photos. A reference photo contributes its
+primary (most confident) face.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from lora_harness.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
-from lora_harness.judges.embedding import (
-    ImageInputError,
-    Lazy,
-    ReferencePhotoError,
-    cosine_matrix,
-    mean_max,
-    prepare_image,
+from lora_harness.judges.embedding import ImageInputError, Lazy, ReferencePhotoError, prepare_image
+from lora_harness.judges.face_arcface import (
+    ARCFACE_EXTRA,
+    ARCFACE_MATCH_DISTANCE,
+    ARCFACE_MIN_SCORE,
+    DEFAULT_ARCFACE_DIR,
+    GET_MODELS,
+    ArcFaces,
+    ArcFaceSettings,
+    onnx_providers,
 )
-from lora_harness.models import ModelError, ModelUnavailable, cached, require
+from lora_harness.judges.face_dlib import (
+    DLIB_SAME_PERSON_DISTANCE,
+    FACE_EXTRA,
+    MODEL_FILES,
+    DlibFaces,
+    DlibSettings,
+)
+from lora_harness.judges.faces import FACE_POLICIES, Comparison, DetectedFace, FaceBackend, choose_face, compare, primary_index
+from lora_harness.models import ModelUnavailable, cached, require
 
-FACE_EXTRA = "pip install 'lora-harness[face]'  (dlib-bin, face_recognition_models)"
-MODEL_FILES = {
-    "landmarks": "shape_predictor_5_face_landmarks.dat",
-    "recognition": "dlib_face_recognition_resnet_model_v1.dat",
+METRICS = ("face_detected", "face_identity_mean", "face_identity_max", "face_distance", "face_match")
+BACKENDS = ("dlib", "arcface")
+DEFAULT_MATCH_DISTANCE = {"dlib": DLIB_SAME_PERSON_DISTANCE, "arcface": ARCFACE_MATCH_DISTANCE}
+# dlib: the detector's trained operating point (adjust_threshold 0); SCRFD: insightface's det_thresh 0.5.
+DEFAULT_MIN_DETECTOR_SCORE = {"dlib": 0.0, "arcface": ARCFACE_MIN_SCORE}
+DEVICES = ("cpu", "cuda", "auto")
+BACKEND_ONLY_OPTIONS = {
+    "dlib": ("min_face_px", "detect_min_side", "detect_max_side", "upsample", "num_jitters"),
+    "arcface": ("det_size", "device"),
 }
-DLIB_SAME_PERSON_DISTANCE = 0.6  # dlib's documented threshold for its face descriptors
-METRICS = ("face_detected", "face_identity_mean", "face_identity_max")
+
+__all__ = ["FaceIdentityJudge", "MODEL_FILES", "METRICS", "default_model_dir"]
 
 
-@dataclass(frozen=True)
-class Face:
-    """The largest face in an image: its box (left, top, right, bottom, in input pixels) and descriptor."""
-
-    box: tuple[int, int, int, int]
-    detector_score: float
-    faces_found: int
-    descriptor: np.ndarray
-
-    @property
-    def size(self) -> int:
-        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
-
-
-class DlibFaces:
-    """dlib's detector, 5-point landmarks and ResNet descriptor; one instance per process and model folder."""
-
-    def __init__(self, model_dir: Path) -> None:
-        dlib = require("dlib", judge="face_identity", install=FACE_EXTRA)
-        self.dlib = dlib
-        self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = _load_dat(dlib.shape_predictor, model_dir / MODEL_FILES["landmarks"])
-        self.recognizer = _load_dat(dlib.face_recognition_model_v1, model_dir / MODEL_FILES["recognition"])
-
-    def largest_face(self, rgb: np.ndarray, *, upsample: int, detect_max_side: int, num_jitters: int) -> Face | None:
-        """Detect on a bounded-size copy, then describe the largest face at the input's own resolution."""
-        height, width = rgb.shape[:2]
-        scale = min(1.0, detect_max_side / max(height, width))
-        small = rgb
-        if scale < 1.0:
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
-        boxes, scores, _ = self.detector.run(np.ascontiguousarray(small), upsample, 0.0)
-        if len(boxes) == 0:
-            return None
-        best = max(range(len(boxes)), key=lambda i: boxes[i].area())
-        box = boxes[best]
-        left, top = max(0, round(box.left() / scale)), max(0, round(box.top() / scale))
-        right, bottom = min(width - 1, round(box.right() / scale)), min(height - 1, round(box.bottom() / scale))
-        rect = self.dlib.rectangle(left, top, right, bottom)
-        shape = self.landmarks(rgb, rect)
-        descriptor = np.asarray(self.recognizer.compute_face_descriptor(rgb, shape, num_jitters, 0.25))
-        return Face((left, top, right, bottom), float(scores[best]), len(boxes), descriptor)
-
-
-def _load_dat(loader: Any, path: Path) -> Any:
-    try:
-        return loader(str(path))
-    except RuntimeError as exc:  # dlib's deserialization error for a wrong or corrupt file
-        raise ModelError(f"face_identity: {path} is not a usable dlib model file ({exc}); "
-                         f"use the files from the face_recognition_models package") from None
+def check_float(judge: str, key: str, value: Any, lo: float | None = None, hi: float | None = None) -> float:
+    """A finite number within [lo, hi]; booleans are refused (TOML `true` is not a threshold)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not np.isfinite(value)
+        or (lo is not None and value < lo)
+        or (hi is not None and value > hi)
+    ):
+        bounds = f" in [{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ValueError(f"{judge} option {key!r} = {value!r} is invalid: expected a number{bounds}")
+    return float(value)
 
 
 def default_model_dir() -> Path:
@@ -121,33 +100,77 @@ def default_model_dir() -> Path:
 
 @register("face_identity")
 class FaceIdentityJudge:
-    """Face presence and identity similarity to the reference photos' faces (dlib, offline)."""
+    """Face presence and identity of a chosen face against the reference photos' faces (dlib or ArcFace).
+
+    Options for both backends: model_dir, face, min_detector_score, match_distance, min_side, max_side.
+    dlib only: min_face_px, detect_min_side, detect_max_side, upsample, num_jitters.
+    arcface only: det_size (detector input side), device (cpu | cuda | auto).
+    """
 
     name = "face_identity"
-    version = "1"
+    version = "2"  # 2: face policy and confidence floor, detection scale by min_face_px, face_distance/face_match
 
     def __init__(
         self,
         *,
         backend: str = "dlib",
         model_dir: str | None = None,
-        upsample: int = 1,
-        detect_max_side: int = 640,
+        face: str = "primary",
+        min_detector_score: float | None = None,
+        match_distance: float | None = None,
+        min_face_px: int = 40,
+        detect_min_side: int = 1024,
+        detect_max_side: int = 2560,
+        upsample: int = 0,
         num_jitters: int = 0,
+        det_size: int = 640,
+        device: str = "cpu",
         min_side: int = 32,
         max_side: int = 2048,
         **unknown: Any,
     ) -> None:
         reject_unknown(self.name, unknown, _OPTIONS)
-        self.backend = check_choice(self.name, "backend", backend, ("dlib",))
+        self.backend = check_choice(self.name, "backend", backend, BACKENDS)
         self.model_dir = check_text(self.name, "model_dir", model_dir)
-        self.upsample = check_int(self.name, "upsample", upsample, 0, 3)
-        self.detect_max_side = check_int(self.name, "detect_max_side", detect_max_side, 64)
+        self.face_policy = check_choice(self.name, "face", face, FACE_POLICIES)
+        self.min_detector_score = (
+            DEFAULT_MIN_DETECTOR_SCORE[self.backend]
+            if min_detector_score is None
+            else check_float(self.name, "min_detector_score", min_detector_score, -1.0, 10.0)
+        )
+        self.match_distance = (
+            DEFAULT_MATCH_DISTANCE[self.backend]
+            if match_distance is None
+            else check_float(self.name, "match_distance", match_distance, 0.0, 10.0)
+        )
+        self.min_face_px = check_int(self.name, "min_face_px", min_face_px, 8, 1024)
+        self.detect_min_side = check_int(self.name, "detect_min_side", detect_min_side, 64, 8192)
+        self.detect_max_side = check_int(self.name, "detect_max_side", detect_max_side, 64, 8192)
+        self.upsample = check_int(self.name, "upsample", upsample, 0, 2)
         self.num_jitters = check_int(self.name, "num_jitters", num_jitters, 0, 100)
+        self.det_size = check_int(self.name, "det_size", det_size, 64, 4096)
+        if self.det_size % 32:
+            raise ValueError(f"{self.name} option 'det_size' = {det_size} is invalid: expected a multiple of 32 "
+                             f"(the detector's largest stride), e.g. 640")
+        self.device = check_choice(self.name, "device", device, DEVICES)
+        self._reject_other_backends_options(locals())
         self.min_side = check_int(self.name, "min_side", min_side, 1)
         self.max_side = check_int(self.name, "max_side", max_side, 64)
-        self._faces: Lazy[DlibFaces] = Lazy(self._load)
+        self._faces: Lazy[FaceBackend] = Lazy(self._load)
         self._references: tuple[Any, np.ndarray, tuple[str, ...], dict[str, str]] | None = None
+
+    def _reject_other_backends_options(self, given: dict[str, Any]) -> None:
+        """An option of the other backend would be silently ignored: say so instead."""
+        defaults = inspect.signature(FaceIdentityJudge.__init__).parameters
+        for backend, names in BACKEND_ONLY_OPTIONS.items():
+            if backend == self.backend:
+                continue
+            changed = [name for name in names if given[name] != defaults[name].default]
+            if changed:
+                raise ValueError(
+                    f"{self.name} option(s) {', '.join(changed)} apply to backend {backend!r} only, and backend is "
+                    f"{self.backend!r}; remove them or set backend = {backend!r}"
+                )
 
     @property
     def metrics(self) -> list[str]:
@@ -159,68 +182,76 @@ class FaceIdentityJudge:
     def judge_batch(self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext) -> list[list[Score]]:
         """dlib has no batched CPU path, so this is a loop; it exists to load models and references once and
         to keep one bad image from costing the others their scores."""
-        faces = self._faces.get()  # ModelUnavailable: the harness skips the gated tests
-        ref_descriptors, ref_names, ref_skipped = self.references(faces, context)
+        backend = self._faces.get()  # ModelUnavailable: the harness skips the gated tests
+        ref_descriptors, ref_names, ref_skipped = self.references(backend, context)
         results = []
         for _, image in items:
             try:
-                results.append(self._judge_one(faces, image, ref_descriptors, ref_names, ref_skipped))
+                results.append(self._judge_one(backend, image, ref_descriptors, ref_names, ref_skipped))
             except ImageInputError as exc:
                 results.append(self._errors(str(exc)))
-            except Exception as exc:  # a dlib failure on one image must not cost the others their scores
+            except Exception as exc:  # a backend failure on one image must not cost the others their scores
                 results.append(self._errors(f"{type(exc).__name__}: {exc}"))
         return results
 
+    def detect(self, backend: FaceBackend, image: Any) -> tuple[list[DetectedFace], tuple[str, ...]]:
+        """Every face above the confidence floor in `image` (any accepted array), and the input notes.
+
+        The one place faces are found: the identity metrics and later per-face judges (pose, reference
+        audit) read the same `DetectedFace` records (box, confidence, landmarks, descriptor).
+        """
+        prepared = prepare_image(image, min_side=self.min_side, max_side=self.max_side)
+        return backend.faces(prepared.array), prepared.notes
+
     def _judge_one(
         self,
-        faces: DlibFaces,
+        backend: FaceBackend,
         image: np.ndarray,
         ref_descriptors: np.ndarray,
         ref_names: tuple[str, ...],
         ref_skipped: dict[str, str],
     ) -> list[Score]:
-        prepared = prepare_image(image, min_side=self.min_side, max_side=self.max_side)
-        face = self._face(faces, prepared.array)
-        raw: dict[str, Any] = {"backend": self.backend}
-        if prepared.notes:
-            raw["input"] = "; ".join(prepared.notes)
+        faces, notes = self.detect(backend, image)
+        raw: dict[str, Any] = {
+            "backend": self.backend,
+            "face_policy": self.face_policy,
+            "min_detector_score": self.min_detector_score,
+            "faces_found": len(faces),
+        }
+        if notes:
+            raw["input"] = "; ".join(notes)
         if ref_skipped:
             raw["references_without_face"] = dict(ref_skipped)
-        if face is None:
+        if not faces:
             missing = {**raw, "missing": "no face detected"}
-            return [
-                Score("face_detected", 0.0, raw),
-                Score("face_identity_mean", None, missing),
-                Score("face_identity_max", None, missing),
-            ]
-        cosines = cosine_matrix(face.descriptor[None, :], ref_descriptors)
-        mean, best = mean_max(cosines)
-        distances = np.linalg.norm(ref_descriptors - face.descriptor[None, :], axis=1)
+            return [Score("face_detected", 0.0, raw)] + [Score(m, None, missing) for m in METRICS[1:]]
+        comparisons = [compare(face, ref_descriptors) for face in faces]
+        chosen = choose_face(faces, comparisons, self.face_policy)
+        face, comparison = faces[chosen], comparisons[chosen]
+        distance = comparison.mean_distance
         raw.update(
-            box=list(face.box),
-            face_px=face.size,
-            faces_found=face.faces_found,
-            detector_score=face.detector_score,
-            per_reference=dict(zip(ref_names, map(float, cosines[0]))),
-            distances=dict(zip(ref_names, map(float, distances))),
-            same_person_votes=int((distances < DLIB_SAME_PERSON_DISTANCE).sum()),
+            face.describe(),
+            detector_score=face.confidence,
+            face_index=chosen,
+            faces=[_face_entry(f, c) for f, c in zip(faces, comparisons)],
+            per_reference=dict(zip(ref_names, map(float, comparison.cosines))),
+            distances=dict(zip(ref_names, map(float, comparison.distances))),
+            match_distance=self.match_distance,
+            same_person_votes=int((comparison.distances < self.match_distance).sum()),
         )
         return [
             Score("face_detected", 1.0, raw),
-            Score("face_identity_mean", float(mean[0]), raw),
-            Score("face_identity_max", float(best[0]), raw),
+            Score("face_identity_mean", float(comparison.cosines.mean()), raw),
+            Score("face_identity_max", float(comparison.cosines.max()), raw),
+            Score("face_distance", distance, raw),
+            Score("face_match", 1.0 if distance < self.match_distance else 0.0, raw),
         ]
-
-    def _face(self, faces: DlibFaces, rgb: np.ndarray) -> Face | None:
-        return faces.largest_face(
-            rgb, upsample=self.upsample, detect_max_side=self.detect_max_side, num_jitters=self.num_jitters
-        )
 
     def _errors(self, message: str) -> list[Score]:
         return [Score(metric, None, error=f"{self.name}: {message}") for metric in METRICS]
 
     def references(
-        self, faces: DlibFaces, context: JudgeContext
+        self, backend: FaceBackend, context: JudgeContext
     ) -> tuple[np.ndarray, tuple[str, ...], dict[str, str]]:
         """Descriptors of the reference faces (once per reference set), their names, and the photos left out."""
         cached_refs = self._references
@@ -237,14 +268,14 @@ class FaceIdentityJudge:
         descriptors, kept, skipped = [], [], {}
         for name, image in zip(names, images):
             try:
-                face = self._face(faces, prepare_image(image, min_side=self.min_side, max_side=self.max_side).array)
+                faces, _ = self.detect(backend, image)
             except ImageInputError as exc:
                 skipped[name] = str(exc)
                 continue
-            if face is None:
+            if not faces:
                 skipped[name] = "no face detected"
                 continue
-            descriptors.append(face.descriptor)
+            descriptors.append(faces[primary_index(faces)].descriptor)
             kept.append(name)
         if not descriptors:
             listing = "; ".join(f"{name}: {why}" for name, why in skipped.items())
@@ -256,16 +287,47 @@ class FaceIdentityJudge:
         self._references = (context.reference_images, *result)
         return result
 
-    def _load(self) -> DlibFaces:
+    def _load(self) -> FaceBackend:
+        if self.backend == "arcface":
+            return self._load_arcface()
         require("dlib", judge=self.name, install=FACE_EXTRA)
         folder = Path(self.model_dir).expanduser() if self.model_dir else default_model_dir()
         missing = [name for name in MODEL_FILES.values() if not (folder / name).is_file()]
         if missing:
             raise ModelUnavailable(
                 f"{self.name}: model file(s) {', '.join(missing)} not found in {folder}; "
-                + (f"put them there or remove the option model_dir" if self.model_dir else f"reinstall: {FACE_EXTRA}")
+                + ("put them there or remove the option model_dir" if self.model_dir else f"reinstall: {FACE_EXTRA}")
             )
-        return cached(("dlib-faces", str(folder.resolve())), lambda: DlibFaces(folder))
+        settings = DlibSettings(
+            min_detector_score=self.min_detector_score,
+            min_face_px=self.min_face_px,
+            detect_min_side=self.detect_min_side,
+            detect_max_side=self.detect_max_side,
+            upsample=self.upsample,
+            num_jitters=self.num_jitters,
+        )
+        return cached(("dlib-faces", str(folder.resolve())), lambda: DlibFaces(folder)).with_settings(settings)
+
+    def _load_arcface(self) -> FaceBackend:
+        """ONNX models from `model_dir` (default insightface's own folder); never downloaded (licence)."""
+        ort = require("onnxruntime", judge=self.name, install=ARCFACE_EXTRA)
+        folder = Path(self.model_dir or DEFAULT_ARCFACE_DIR).expanduser()
+        if not folder.is_dir() or not any(folder.glob("*.onnx")):
+            state = "does not exist" if not folder.is_dir() else "has no .onnx files"
+            raise ModelUnavailable(f"{self.name} (backend arcface): model folder {folder} {state}; {GET_MODELS}")
+        providers = onnx_providers(self.device, list(ort.get_available_providers()))
+        settings = ArcFaceSettings(min_detector_score=self.min_detector_score, det_size=self.det_size)
+        key = ("arcface-faces", str(folder.resolve()), tuple(providers))
+        return cached(key, lambda: ArcFaces(folder, providers)).with_settings(settings)
+
+
+def _face_entry(face: DetectedFace, comparison: Comparison) -> dict[str, Any]:
+    """One face of `raw["faces"]`: where it is, how sure the detector was, how close to the references."""
+    return {
+        **face.describe(),
+        "identity_mean": round(float(comparison.cosines.mean()), 4),
+        "distance": round(comparison.mean_distance, 4),
+    }
 
 
 _OPTIONS = tuple(
