@@ -121,8 +121,11 @@ class Harness:
     def best_choice(self, loraname: str) -> BestChoice:
         """The `[best]` choice among one LoRA's checkpoints, from their scores (judged here if needed)."""
         if loraname not in self._best:
-            means = {c: self.aggregates(c).means() for c in self.checkpoints if c.loraname == loraname}
-            self._best[loraname] = choose_best(means, self.config.best)[loraname]
+            mine = [c for c in self.checkpoints if c.loraname == loraname]
+            means = {c: self.aggregates(c).means() for c in mine}
+            values = {c: self.checkpoint_values(c) for c in mine}
+            s = self.config.stats
+            self._best[loraname] = choose_best(means, self.config.best, values=values, resamples=s.resamples, seed=s.seed)[loraname]
         return self._best[loraname]
 
     def aggregates(self, checkpoint: Checkpoint) -> CheckpointAggregates:

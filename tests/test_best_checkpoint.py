@@ -174,3 +174,41 @@ minimums = {{ spectral_score = 0.5 }}
         "  runner-up: step 000400, objective * lower: magnitude_score *",
         "  excluded: step 000200 (spectral_score 0.0* < minimum 0.5); step 000600 (spectral_score 0.0* < minimum 0.5)",
     ])
+
+
+# --- how sure the choice is -------------------------------------------------------------------------------
+
+
+def _sweep(values: dict[int, list[float]]) -> tuple[dict, dict]:
+    means = {Checkpoint("l", step): {"m": sum(v) / len(v)} for step, v in values.items()}
+    per_image = {Checkpoint("l", step): {"m": list(v)} for step, v in values.items()}
+    return means, per_image
+
+
+def test_a_clear_winner_is_separable() -> None:
+    means, values = _sweep({200: [0.2, 0.25, 0.3, 0.2], 400: [0.9, 0.85, 0.95, 0.9]})
+    choice = choose_best(means, values=values)["l"]
+    assert choice.best.checkpoint.training_step == 400
+    assert choice.best.p_best == 1.0 and choice.separable
+    assert "best: step 000400 (p = 1.00: separable)" in choice.describe()
+
+
+def test_a_coin_flip_between_steps_says_so() -> None:
+    """0/1 judge, 9 images, true rates 0.72 vs 0.70: the point choice is nearly a coin flip."""
+    rng = np.random.default_rng(4)
+    means, values = _sweep({1000: (rng.random(9) < 0.70).astype(float).tolist(), 1200: (rng.random(9) < 0.72).astype(float).tolist()})
+    choice = choose_best(means, values=values)["l"]
+    probabilities = sorted(c.p_best for c in choice.ranked)
+    assert sum(probabilities) == pytest.approx(1.0)
+    assert probabilities[0] > 0.1 and not choice.separable
+    line = choice.certainty()
+    assert line.startswith(f"best: {choice.best.label} (p = ") and "not separable" in line
+    assert f"{choice.ranked[1].label} p = " in line
+
+
+def test_best_probabilities_do_not_depend_on_image_order() -> None:
+    first = {200: [0.5, 0.7, 0.6, 0.4], 400: [0.6, 0.5, 0.7, 0.65]}
+    shuffled = {step: list(reversed(v)) for step, v in first.items()}
+    a = choose_best(*_sweep(first)[:1], values=_sweep(first)[1])["l"]
+    b = choose_best(*_sweep(shuffled)[:1], values=_sweep(shuffled)[1])["l"]
+    assert [c.p_best for c in a.ranked] == [c.p_best for c in b.ranked]

@@ -82,7 +82,9 @@ image = 1
 
 [thresholds.face_match]
 image = 1
-checkpoint = 1
+
+[thresholds.face_identity_max]
+checkpoint = 0.95
 """
     write_suite(pytester.path, judges, thresholds)
     result = run(pytester, "-rx")  # serial: each xdist worker would pay the ~10 s torch/transformers import

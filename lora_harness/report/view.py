@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
-from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows
+from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows, values_from_rows
 from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.cases import Checkpoint, safe_id
@@ -179,7 +179,10 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         by_case[row.case_key].append(row)
     metrics = metric_order({row.metric for row in rows})
     checkpoint_of = {key: Checkpoint(g[0].loraname, g[0].training_step, g[0].step_kind) for key, g in by_case.items()}  # type: ignore[arg-type]
-    choices = choose_best(means_from_rows(rows), rules.best) if rules.gate == "best" or rules.best else {}
+    choices = (
+        choose_best(means_from_rows(rows), rules.best, values=values_from_rows(rows), resamples=rules.stats.resamples, seed=rules.stats.seed)
+        if rules.gate == "best" or rules.best else {}
+    )
     best = {name: choice.best.checkpoint for name, choice in choices.items() if choice.best is not None}
     if rules.gated_keys is not None:  # a shard's rows alone cannot tell which checkpoint is the latest
         gated = {c for c in checkpoint_of.values() if c.key in rules.gated_keys}

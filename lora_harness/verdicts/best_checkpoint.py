@@ -10,9 +10,12 @@ than gating nothing. Ties go to the later step.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping, Sequence
+
+import numpy as np
 
 from lora_harness.cases import Checkpoint
 from lora_harness.checks.cases import CHECK_ROLES, MEMORIZATION
@@ -29,6 +32,7 @@ class Candidate:
     means: Mapping[str, float | None]
     objective: float | None  # None when a weighted metric has no value
     violations: tuple[str, ...] = ()
+    p_best: float | None = None  # share of image resamples in which this checkpoint is best (None: not computed)
 
     @property
     def eligible(self) -> bool:
@@ -64,6 +68,8 @@ class BestChoice:
         if best is None:
             return f"best checkpoint of {self.loraname}: none (no checkpoint has a value for every weighted metric)"
         lines = [f"best checkpoint of {self.loraname}: {best.label}, objective {best.objective:.4f} ({self._terms(best)})"]
+        if best.p_best is not None:
+            lines.append("  " + self.certainty())
         if self.fallback:
             lines.append("  warning: no checkpoint meets every minimum; this is the highest objective regardless")
         runner = self.runner_up
@@ -75,6 +81,21 @@ class BestChoice:
             reasons = "; ".join(f"{c.label} ({', '.join(c.violations)})" for c in self.excluded)
             lines.append(f"  excluded: {reasons}")
         return "\n".join(lines)
+
+    @property
+    def separable(self) -> bool | None:
+        """Whether the best checkpoint wins in at least `SEPARABLE` of the image resamples (None: not computed)."""
+        best = self.best
+        return None if best is None or best.p_best is None else best.p_best >= SEPARABLE
+
+    def certainty(self) -> str:
+        """`best: step 1200 (p = 0.46; step 1000 p = 0.41: not separable)`: how often each would win."""
+        best = self.best
+        assert best is not None and best.p_best is not None
+        others = sorted((c for c in self.ranked[1:] if c.p_best), key=lambda c: -(c.p_best or 0.0))[:2]
+        rest = "".join(f"; {c.label} p = {c.p_best:.2f}" for c in others)
+        word = "separable" if self.separable else "not separable: more images would be needed to choose"
+        return f"best: {best.label} (p = {best.p_best:.2f}{rest}: {word})"
 
     def _terms(self, candidate: Candidate) -> str:
         return " + ".join(f"{w:g} x {m} {candidate.means.get(m):.4f}" for m, w in self.weights.items())
@@ -100,10 +121,23 @@ def check_best_config(config: BestConfig | None, metrics: Sequence[str]) -> None
         raise ConfigError("best.weights are all 0: give at least one metric a non-zero weight")
 
 
+SEPARABLE = 0.95  # a choice is "separable" when the best wins in at least this share of image resamples
+
+
 def choose_best(
-    means: Mapping[Checkpoint, Mapping[str, float | None]], config: BestConfig | None = None
+    means: Mapping[Checkpoint, Mapping[str, float | None]],
+    config: BestConfig | None = None,
+    *,
+    values: Mapping[Checkpoint, Mapping[str, Sequence[float | None]]] | None = None,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> dict[str, BestChoice]:
-    """Pick each LoRA's best checkpoint from per-checkpoint metric means (missing metric -> no objective)."""
+    """Pick each LoRA's best checkpoint from per-checkpoint metric means (missing metric -> no objective).
+
+    With `values` (each checkpoint's per-image values, aligned across metrics), also the probability that
+    each ranked checkpoint is best: its images are resampled (bootstrap, fixed seed, images sorted first so
+    the order rows arrive in does not matter) and the objective's argmax counted.
+    """
     config = config or BestConfig()
     by_lora: dict[str, list[Checkpoint]] = defaultdict(list)
     for checkpoint in means:
@@ -121,10 +155,49 @@ def choose_best(
         eligible = tuple(c for c in order if c.eligible)
         excluded = tuple(sorted((c for c in candidates if not c.eligible), key=lambda c: c.checkpoint.training_step))
         fallback = not eligible and bool(order)
-        choices[loraname] = BestChoice(
-            loraname, weights, eligible or tuple(order), excluded, fallback, dict(config.minimums)
-        )
+        ranked = eligible or tuple(order)
+        if values is not None and ranked:
+            ranked = _with_p_best(ranked, values, weights, resamples, seed)
+        choices[loraname] = BestChoice(loraname, weights, ranked, excluded, fallback, dict(config.minimums))
     return choices
+
+
+def _with_p_best(
+    ranked: tuple[Candidate, ...],
+    values: Mapping[Checkpoint, Mapping[str, Sequence[float | None]]],
+    weights: Mapping[str, float],
+    resamples: int,
+    seed: int,
+) -> tuple[Candidate, ...]:
+    rng = np.random.default_rng(seed)
+    metrics = list(weights)
+    objectives = np.empty((resamples, len(ranked)))
+    for j, candidate in enumerate(ranked):
+        table = _image_table(values.get(candidate.checkpoint, {}), metrics)
+        if table.shape[0] == 0:
+            objectives[:, j] = candidate.objective
+            continue
+        picks = rng.integers(0, table.shape[0], size=(resamples, table.shape[0]))
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample without any value of a metric
+            means = np.nanmean(table[picks], axis=1)  # resamples x metrics
+        means = np.where(np.isnan(means), np.nanmean(table, axis=0), means)
+        objectives[:, j] = means @ np.asarray([weights[m] for m in metrics])
+    # ties go to the earlier-ranked (later step) candidate, as in the point choice
+    wins = np.bincount(np.argmax(objectives, axis=1), minlength=len(ranked)) / resamples
+    return tuple(replace(c, p_best=float(w)) for c, w in zip(ranked, wins))
+
+
+def _image_table(by_metric: Mapping[str, Sequence[float | None]], metrics: list[str]) -> np.ndarray:
+    """Images x metrics (NaN where an image has no value), rows sorted so the result is order-independent."""
+    columns = [[np.nan if v is None else float(v) for v in by_metric.get(m, ())] for m in metrics]
+    n = max((len(c) for c in columns), default=0)
+    table = np.full((n, len(metrics)), np.nan)
+    for j, column in enumerate(columns):
+        table[: len(column), j] = column
+    if n:
+        table = table[np.lexsort(np.nan_to_num(table, nan=-1.0).T[::-1])]
+    return table
 
 
 def _candidate(
@@ -141,6 +214,21 @@ def _candidate(
             violations.append(f"{metric} {value:.4f} < minimum {minimum:g}")
     objective = None if any(clean.get(m) is None for m in weights) else sum(w * clean[m] for m, w in weights.items())
     return Candidate(checkpoint, clean, objective, tuple(violations))
+
+
+def values_from_rows(rows: Iterable[ScoreRow]) -> dict[Checkpoint, dict[str, list[float | None]]]:
+    """Per-checkpoint per-image values of stored rows, aligned by case across metrics (LoRA checks left out)."""
+    cells: dict[Checkpoint, dict[str, dict[str, float | None]]] = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        if row.variant in CHECK_ROLES or row.judge == MEMORIZATION:
+            continue
+        value = None if row.value is None or math.isnan(row.value) else row.value
+        cells[Checkpoint(row.loraname, row.training_step, row.step_kind)][row.metric][row.case_key] = value  # type: ignore[arg-type]
+    out: dict[Checkpoint, dict[str, list[float | None]]] = {}
+    for checkpoint, metrics in cells.items():
+        keys = sorted({key for by_case in metrics.values() for key in by_case})
+        out[checkpoint] = {m: [by_case.get(k) for k in keys] for m, by_case in metrics.items()}
+    return out
 
 
 def means_from_rows(rows: Iterable[ScoreRow]) -> dict[Checkpoint, dict[str, float | None]]:

@@ -116,11 +116,16 @@ def mean_ci(
         return MeanCI(mean, std, n, -math.inf, math.inf, confidence, METHOD_T)
     unit = _unit(data)
     spread = max(std, sd_floor) if unit and on_grid(data) else std
-    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * spread / math.sqrt(n)
+    half = _t_quantile(confidence, n - 1) * spread / math.sqrt(n)
     low, high = mean - half, mean + half
     if unit:
         low, high = max(low, 0.0), min(high, 1.0)
     return MeanCI(mean, std, n, low, high, confidence, METHOD_T)
+
+
+@lru_cache(maxsize=1024)
+def _t_quantile(confidence: float, df: int) -> float:
+    return float(_scipy_stats.t.ppf(0.5 + confidence / 2, df))
 
 
 def aggregate(
@@ -200,7 +205,7 @@ def _paired_t_ci(d: np.ndarray, confidence: float, sd_floor: float, *, bounded: 
     std = float(d.std(ddof=1)) if n > 1 else 0.0
     if n < 2:
         return MeanCI(mean, std, n, -math.inf, math.inf, confidence, METHOD_T)
-    half = float(_scipy_stats.t.ppf(0.5 + confidence / 2, n - 1)) * max(std, sd_floor) / math.sqrt(n)
+    half = _t_quantile(confidence, n - 1) * max(std, sd_floor) / math.sqrt(n)
     low, high = mean - half, mean + half
     if bounded:  # a difference of two scores in [0, 1]
         low, high = max(low, -1.0), min(high, 1.0)
@@ -255,16 +260,12 @@ def _tail_max(n: int, b: int, c: int, delta: float, upper: bool) -> float:
     observed = float(_wald(n, np.array([b], float), np.array([c], float), delta)[0])
     extreme = stat >= observed - 1e-12 if upper else stat <= observed + 1e-12
     # nuisance: q- = P(baseline alone scores 1) from max(0, -delta) to (1 - delta) / 2 (q+ = q- + delta)
-    lo, hi = max(0.0, -delta), (1.0 - delta) / 2
-    worst = 0.0
-    for qm in np.linspace(lo, hi, 61):
-        qp = qm + delta
-        q0 = 1.0 - qp - qm
-        if qp < -1e-12 or q0 < -1e-12:
-            continue
-        logp = logcoef + xlogy(bs, max(qp, 0.0)) + xlogy(cs, max(qm, 0.0)) + xlogy(n - bs - cs, max(q0, 0.0))
-        worst = max(worst, float(np.exp(logp[extreme]).sum()))
-    return min(worst, 1.0)
+    qm = np.linspace(max(0.0, -delta), (1.0 - delta) / 2, 61)[:, None]
+    qp = np.clip(qm + delta, 0.0, 1.0)
+    q0 = np.clip(1.0 - qp - qm, 0.0, 1.0)
+    bs_, cs_, rest = bs[extreme], cs[extreme], n - bs[extreme] - cs[extreme]
+    logp = logcoef[extreme] + xlogy(bs_, qp) + xlogy(cs_, qm) + xlogy(rest, q0)
+    return float(min(np.exp(logp).sum(axis=1).max(initial=0.0), 1.0))
 
 
 def _paired_p_upper(n: int, b: int, c: int, delta: float) -> float:
