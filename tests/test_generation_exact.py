@@ -1,0 +1,118 @@
+"""Issue 14: generation never produces a silently wrong image (tiny FLUX pipeline on CPU; diffusers: slow).
+
+Switching LoRAs in one pipeline must give exactly what a fresh pipeline with only that LoRA gives, whatever
+was loaded before (alphas, ranks, formats differ); a LoRA that changes nothing is an error, not a pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+import tiny_flux  # noqa: E402
+from lora_harness.generation.errors import LoraNoEffectError  # noqa: E402
+from lora_harness.generation.lora import LoraManager, validate_lora  # noqa: E402
+from lora_harness.generation.pipeline import Target, load_pipeline  # noqa: E402
+from lora_harness.generation.settings import PipelineConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return tiny_flux.save_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("loras")
+    found = {f"peft_a{a}": tiny_flux.write_peft_alpha_lora(root / f"peft_a{a}.safetensors", alpha=a) for a in (4, 2, 1)}
+    found["saved_a8"] = tiny_flux.write_saved_lora(root / "saved8", alpha=8, name="saved_a8")
+    found["saved_a2"] = tiny_flux.write_saved_lora(root / "saved2", alpha=2, name="saved_a2")
+    found["saved_a2_r8"] = tiny_flux.write_saved_lora(root / "saved2r8", alpha=2, rank=8, seed=21, name="saved_a2_r8")
+    found["rank8"] = tiny_flux.write_diffusers_lora(root / "rank8.safetensors", rank=8, seed=11)
+    found["kohya"] = tiny_flux.write_kohya_lora(root / "kohya.safetensors")
+    found["zero"] = tiny_flux.write_zero_lora(root / "zero.safetensors")
+    return found
+
+
+def load(model_dir: Path):
+    return load_pipeline(PipelineConfig(model=str(model_dir), device="cpu"), Target("cpu", "float32"))
+
+
+def image(pipe) -> np.ndarray:
+    out = pipe("a photo of sks person", width=32, height=32, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(7), output_type="np")
+    return np.asarray(out.images[0])
+
+
+@pytest.fixture(scope="module")
+def fresh(model_dir, files) -> dict[str, np.ndarray]:
+    """Each LoRA loaded by diffusers itself (`load_lora_weights`) into its own freshly loaded pipeline."""
+    images = {}
+    for name, path in files.items():
+        if name == "zero":
+            continue
+        pipe = load(model_dir)
+        pipe.load_lora_weights(str(path), adapter_name="fresh")
+        images[name] = image(pipe)
+    return images
+
+
+@pytest.mark.parametrize(
+    "group",
+    [
+        ("peft_a4", "peft_a2", "peft_a1"),  # same weights, alphas 4/2/1: the hot-swap that kept the first scaling
+        ("saved_a8", "saved_a2", "saved_a2_r8"),  # save_lora_weights files: alpha and rank in stored metadata
+        ("rank8", "kohya", "peft_a2"),  # other ranks and formats (kohya folds alpha into the weights)
+    ],
+)
+def test_every_load_order_gives_the_fresh_load_image_bit_for_bit(model_dir, files, fresh, group):
+    images = list(fresh[name] for name in group)
+    assert all(np.abs(a - b).max() > 1e-3 for a, b in itertools.combinations(images, 2))  # the LoRAs differ
+    manager = LoraManager(load(model_dir))
+    for order in itertools.permutations(group):
+        for name in order:
+            manager.use(files[name])
+            got = image(manager.pipe)
+            assert np.array_equal(got, fresh[name]), f"{name} after {order}: max diff {np.abs(got - fresh[name]).max()}"
+    sequence = [name for order in itertools.permutations(group) for name in order]
+    switches = 1 + sum(a != b for a, b in zip(sequence, sequence[1:]))
+    assert manager.loads + manager.swaps == switches  # a repeated file keeps its adapter
+
+
+def test_same_scaling_sweep_still_hot_swaps_and_is_exact(model_dir, files, fresh, tmp_path):
+    other = tiny_flux.write_peft_alpha_lora(tmp_path / "peft_a2_other.safetensors", alpha=2, seed=99)
+    pipe = load(model_dir)
+    pipe.load_lora_weights(str(other), adapter_name="fresh")
+    fresh_other = image(pipe)
+    manager = LoraManager(load(model_dir))
+    manager.use(files["peft_a2"])
+    manager.use(other)
+    assert (manager.loads, manager.swaps) == (1, 1)  # same modules, ranks and alphas: swapped in place
+    assert np.array_equal(image(manager.pipe), fresh_other)
+    manager.use(files["peft_a4"])  # other alpha: replaced, not swapped
+    assert (manager.loads, manager.swaps) == (2, 1)
+    assert np.array_equal(image(manager.pipe), fresh["peft_a4"])
+
+
+def test_a_lora_with_zero_delta_is_an_error_naming_the_file(model_dir, files):
+    pipe = load(model_dir)
+    with pytest.raises(LoraNoEffectError, match=r"zero\.safetensors: this LoRA changes nothing: all 4 module\(s\) have a zero delta"):
+        LoraManager(pipe).use(files["zero"])
+    assert pipe.get_list_adapters() in ({}, {"transformer": []}) or not any(pipe.get_list_adapters().values())
+    assert not validate_lora(pipe, files["peft_a1"]).zero_delta
