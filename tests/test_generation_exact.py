@@ -116,3 +116,71 @@ def test_a_lora_with_zero_delta_is_an_error_naming_the_file(model_dir, files):
         LoraManager(pipe).use(files["zero"])
     assert pipe.get_list_adapters() in ({}, {"transformer": []}) or not any(pipe.get_list_adapters().values())
     assert not validate_lora(pipe, files["peft_a1"]).zero_delta
+
+
+# --- the image cache verifies pixels -------------------------------------------------------------------------
+
+
+def _cases(root: Path, lora: Path):
+    from lora_harness.config import parse_config
+    from lora_harness.sources import collect_cases
+
+    data = {"run": {"name": "t", "report_dir": str(root / "reports")}, "judges": [{"name": "image_stats"}],
+            "sources": [{"kind": "generate", "lora": str(lora), "prompts": ["a photo of sks --w 32 --h 32 --s 2"], "seeds": [3, 4]}]}
+    return collect_cases(parse_config(data, base_dir=root))
+
+
+def _corrupt_idat(path: Path) -> None:
+    """Flip bytes inside the PNG's pixel data, after the text chunk that holds the key."""
+    data = bytearray(path.read_bytes())
+    start = data.index(b"IDAT") + 8
+    for offset in range(start, min(start + 24, len(data) - 12)):
+        data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def _overwrite_pixels(path: Path) -> None:
+    """Another tool rewrites the image with other pixels but keeps the text chunk (PIL round trip)."""
+    from PIL import Image, PngImagePlugin
+
+    with Image.open(path) as img:
+        text = img.info["lora_harness"]
+        pixels = np.asarray(img.convert("RGB")).copy()
+    pixels[0, 0] = 255 - pixels[0, 0]
+    info = PngImagePlugin.PngInfo()
+    info.add_text("lora_harness", text)
+    Image.fromarray(pixels).save(path, pnginfo=info)
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) * 2 // 3]), "cached PNG cannot be decoded"),
+        (_corrupt_idat, "cached PNG cannot be decoded|pixels differ from the digest"),
+        (_overwrite_pixels, "pixels differ from the digest stored when it was generated"),
+    ],
+    ids=["truncated", "corrupt-idat", "other-pixels"],
+)
+def test_a_damaged_cached_png_is_regenerated_and_the_log_says_why(model_dir, files, tmp_path, damage, reason):
+    import re
+
+    from lora_harness.generation.cache import check_cached, read_log
+    from lora_harness.generation.engine import ImageGenerator
+    from lora_harness.generation.settings import PipelineConfig as Config
+
+    cases = _cases(tmp_path, files["peft_a2"])
+    first = ImageGenerator(Config(model=str(model_dir), device="cpu"), images_dir=tmp_path / "images")
+    for case in cases:
+        first.materialize(case, cases)
+    original = {c.key: c.image_path.read_bytes() for c in cases}
+    damaged, intact = cases
+    damage(damaged.image_path)
+    assert damaged.image_path.read_bytes() != original[damaged.key]
+    rerun = ImageGenerator(Config(model=str(model_dir), device="cpu"), images_dir=tmp_path / "images", worker="rerun")
+    for case in cases:
+        rerun.materialize(case, cases)
+    assert rerun.stats["generated"] == 1 and rerun.stats["reused"] == 1 and rerun.stats["corrupt"] == 1
+    assert {c.key: c.image_path.read_bytes() for c in cases} == original  # regenerated bit for bit
+    (invalid,) = [e for e in read_log(tmp_path / "images") if e.get("action") == "invalid"]
+    assert invalid["case"] == damaged.key and re.search(reason, invalid["reason"])
+    assert check_cached(intact.image_path, rerun._key(intact).digest).usable

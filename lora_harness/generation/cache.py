@@ -4,8 +4,11 @@ Images live at kohya-style paths under `reports/<run>/images/` (readable, stable
 the image exists). Each PNG carries, in a text chunk, a content-addressed key: the SHA-256 of everything that
 determines its pixels (base model identity, pipeline class, dtype, device type, LoRA file hash and scale,
 prompt, negative prompt, seed, size, steps, guidance, library versions) together with that material, so a
-person can see why an image was (re)made. A rerun reuses an image whose stored key equals the case's key;
-writes are atomic (temporary file, then rename), so a crash never leaves a half-written image behind.
+person can see why an image was (re)made. A rerun reuses an image whose stored key equals the case's key
+and whose decoded pixels hash to the pixel digest stored beside the key: the text chunk precedes the pixel
+data, so a file truncated or corrupted after it (a full disk, a bad copy, another tool rewriting it) would
+otherwise pass the key check and be judged as a broken image. Writes are atomic (temporary file, then
+rename), so a crash never leaves a half-written image behind.
 
 No torch or diffusers here: checking the cache must stay cheap when every image is already there.
 """
@@ -129,6 +132,44 @@ def case_key(case: GeneratedCase, *, pipeline: dict[str, Any]) -> CacheKey:
 # --- reading and writing images ------------------------------------------------------------------------------
 
 
+def pixel_digest(image: Image.Image) -> str:
+    """SHA-256 of the decoded pixels (mode, size, raw bytes): what a judge sees, independent of PNG encoding."""
+    digest = hashlib.sha256(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
+    digest.update(image.tobytes())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheCheck:
+    """Whether a cached image can be reused; `reason` says why not (absent, other key, corrupt pixels)."""
+
+    usable: bool
+    reason: str
+    corrupt: bool = False  # the key matched but the file is damaged: worth a line in the log
+
+
+def check_cached(path: Path, key_digest: str) -> CacheCheck:
+    """Decode the cached PNG fully and compare its pixels with the digest stored at generation time."""
+    if not path.is_file():
+        return CacheCheck(False, "not generated yet")
+    try:
+        with Image.open(path) as img:
+            text = img.info.get(PNG_TEXT_KEY)
+            stored = json.loads(text) if text else None
+            if not isinstance(stored, dict) or stored.get("key") != key_digest:
+                return CacheCheck(False, "made under another key (a setting, the LoRA or the model changed)" if stored else "not made by lora-harness")
+            img.load()  # decodes every pixel: a truncated or corrupt IDAT raises here
+            actual = pixel_digest(img)
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # zlib/CRC errors arrive as OSError/ValueError
+        return CacheCheck(False, f"cached PNG cannot be decoded ({type(exc).__name__}: {str(exc)[:200]})", corrupt=True)
+    expected = stored.get("pixels")
+    if expected is None:
+        return CacheCheck(False, "cached PNG has no pixel digest (written by an older lora-harness)", corrupt=False)
+    if actual != expected:
+        return CacheCheck(False, "cached PNG's pixels differ from the digest stored when it was generated (corrupted or overwritten)", corrupt=True)
+    return CacheCheck(True, "reused")
+
+
 def stored_digest(path: Path) -> str | None:
     """The key a cached PNG was generated under; None when absent, unreadable or not made by the harness."""
     try:
@@ -140,10 +181,14 @@ def stored_digest(path: Path) -> str | None:
 
 
 def save_png(image: Image.Image, path: Path, key: CacheKey) -> None:
-    """Write atomically, with the key and its material embedded, so image and key can never disagree."""
+    """Write atomically, with the key, its material and the pixel digest embedded, so image and key can never
+    disagree and damaged pixels are detected before reuse (`check_cached`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
-    info.add_text(PNG_TEXT_KEY, json.dumps({"key": key.digest, **key.material}, sort_keys=True))
+    if image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGB")
+    record = {"key": key.digest, "pixels": pixel_digest(image), **key.material}
+    info.add_text(PNG_TEXT_KEY, json.dumps(record, sort_keys=True))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png.tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:

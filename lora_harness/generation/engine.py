@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lora_harness.cases import EvalCase
-from lora_harness.generation.cache import CacheKey, GenerationLog, case_key, model_identity, save_png, stored_digest
+from lora_harness.generation.cache import CacheKey, GenerationLog, case_key, check_cached, model_identity, save_png
 from lora_harness.generation.errors import CaseGenerationError, GenerationError
 from lora_harness.generation.lora import LoraManager
 from lora_harness.generation.pipeline import GenerationWarning, Target, call_arguments, load_pipeline, resolve_target
@@ -147,11 +147,16 @@ class ImageGenerator:
                 continue
             if self._ready.get(item.image_path) == key.digest:
                 continue  # made or checked earlier in this process
-            if stored_digest(item.image_path) == key.digest:
+            cached = check_cached(item.image_path, key.digest)
+            if cached.usable:
                 self._ready[item.image_path] = key.digest
                 self.stats["reused"] += 1
                 self.log.write("image", action="reused", case=item.key, image=str(item.image_path))
             else:
+                if cached.corrupt:  # the key matched: say why the image is made again
+                    self.stats["corrupt"] += 1
+                    log.warning("regenerating %s: %s", item.image_path, cached.reason)
+                    self.log.write("image", action="invalid", case=item.key, image=str(item.image_path), reason=cached.reason)
                 missing.append((item, key))
         groups: dict[tuple[Path | None, float], list[tuple[GeneratedCase, CacheKey]]] = {}
         for item, key in missing:
