@@ -52,19 +52,24 @@ def test_truncated_final_file_and_renamed_pickle_fail_alone(pytester: pytest.Pyt
     final.write_bytes(final.read_bytes()[:-100])  # kohya's final save, still being written
     (out / "me-000003.safetensors").write_bytes(pickle.dumps({"lora_unet": [0.1] * 8}))  # a pickle renamed
     other = tiny_flux.write_diffusers_lora(pytester.path / "other.safetensors")
-    run_dir = write_suite(pytester.path, model, (
-        f'[[sources]]\nkind = "generate"\nlora = "{out}"\nprompts = ["a photo of sks --w 32 --h 32 --s 2"]\nseeds = [1]\n\n'
-        f'[[sources]]\nkind = "generate"\nlora = "{other}"\nprompts = ["a photo of sks --w 32 --h 32 --s 2"]\nseeds = [1]\n'
+    zero = tiny_flux.write_zero_lora(pytester.path / "zero.safetensors")
+    faint = tiny_flux.write_diffusers_lora(pytester.path / "faint.safetensors", strength=1e-6)
+    prompts = 'prompts = ["a photo of sks --w 32 --h 32 --s 2"]\nseeds = [1]\n\n'
+    run_dir = write_suite(pytester.path, model, "".join(
+        f'[[sources]]\nkind = "generate"\nlora = "{path}"\n{prompts}' for path in (out, other, zero, faint)
     ))
     result = run(pytester, "test_lora.py", "-k", "test_image")
-    # me e1, e2 and `other` are generated and judged; the pickle (e3) and the truncated final file (e4) fail.
-    result.assert_outcomes(passed=3, failed=2)
+    # me e1, e2 and `other` are generated and judged; the pickle (e3), the truncated final file (e4), the
+    # all-zero LoRA and the one whose images equal the base model's fail, each with its reason.
+    result.assert_outcomes(passed=3, failed=4)
     text = result.stdout.str()
     assert "ERROR collecting" not in text
+    assert "zero.safetensors: this LoRA changes nothing: all 4 module(s) have a zero delta" in text
+    assert "this LoRA does not change the image: faint.safetensors at scale 1 gives the base model's image" in text
     assert "me-000003.safetensors: not a readable safetensors file: a pickle (torch.save) file named .safetensors" in text
     assert "me.safetensors: not a readable safetensors file: truncated: its header promises" in text
     assert "probably still being written" in text
-    images = sorted(p.name for p in (run_dir / "images").rglob("*.png"))
-    assert images == ["me_e000001_00_1.png", "me_e000002_00_1.png", "other_000000_00_1.png"]
+    images = sorted(p.name for p in (run_dir / "images").rglob("*.png") if "_reference" not in p.parts)
+    assert images == ["faint_000000_00_1.png", "me_e000001_00_1.png", "me_e000002_00_1.png", "other_000000_00_1.png"]
     wide = pd.read_csv(run_dir / "scores.csv", dtype=str)
     assert wide.set_index("training_step").loc[["e000001", "e000002"], "spectral_score"].notna().all()

@@ -7,10 +7,12 @@ was loaded before (alphas, ranks, formats differ); a LoRA that changes nothing i
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.slow
 
@@ -184,3 +186,49 @@ def test_a_damaged_cached_png_is_regenerated_and_the_log_says_why(model_dir, fil
     (invalid,) = [e for e in read_log(tmp_path / "images") if e.get("action") == "invalid"]
     assert invalid["case"] == damaged.key and re.search(reason, invalid["reason"])
     assert check_cached(intact.image_path, rerun._key(intact).digest).usable
+
+
+# --- a LoRA that changes nothing, after generation -----------------------------------------------------------
+
+
+def test_a_lora_whose_images_equal_the_base_models_fails_even_from_the_cache(model_dir, files, tmp_path):
+    from lora_harness.config import parse_config
+    from lora_harness.generation.cache import read_log
+    from lora_harness.generation.engine import REFERENCE_DIRNAME, ImageGenerator
+    from lora_harness.generation.errors import CaseGenerationError
+    from lora_harness.generation.settings import PipelineConfig as Config
+    from lora_harness.sources import collect_cases
+
+    faint = tiny_flux.write_diffusers_lora(tmp_path / "faint.safetensors", strength=1e-6)  # non-zero, no visible effect
+    prompts = ["a photo of sks --w 32 --h 32 --s 2"]
+    data = {"run": {"name": "t", "report_dir": str(tmp_path / "reports")}, "judges": [{"name": "image_stats"}],
+            "sources": [{"kind": "generate", "lora": str(faint), "prompts": prompts, "seeds": [3, 4], "baseline": "none"},
+                        {"kind": "generate", "lora": str(files["peft_a2"]), "prompts": prompts, "seeds": [3, 4]}]}
+    cases = collect_cases(parse_config(data, base_dir=tmp_path))
+    assert not validate_lora(load(model_dir), faint).zero_delta  # passes the load-time check: only pixels tell
+
+    def outcome(generator):
+        results = {}
+        for case in cases:
+            try:
+                generator.materialize(case, [c for c in cases if c.lora == case.lora])
+                results[case.loraname, case.seed] = "ok"
+            except CaseGenerationError as exc:
+                results[case.loraname, case.seed] = str(exc)
+        return results
+
+    first = ImageGenerator(Config(model=str(model_dir), device="cpu"), images_dir=tmp_path / "images")
+    results = outcome(first)
+    assert results[("peft_a2", 3)] == results[("peft_a2", 4)] == results[("base-model", 3)] == "ok"
+    for seed in (3, 4):
+        assert re.search(r"cannot generate faint-\S+: this LoRA does not change the image: faint\.safetensors at scale 1 "
+                         r"gives the base model's image for prompt 00 seed 3 \(max pixel difference [01] <= 1", results[("faint", seed)])
+    (reference,) = (tmp_path / "images" / REFERENCE_DIRNAME).glob("*.png")  # one base image serves both LoRAs (seed 3)
+    base3 = next(c for c in cases if c.lora is None and c.seed == 3)
+    assert np.array_equal(np.asarray(Image.open(reference)), np.asarray(Image.open(base3.image_path)))  # scale 0 is exact
+    assert first.stats["reference"] == 1
+    # A rerun from the cache fails the same way without building the pipeline.
+    rerun = ImageGenerator(Config(model=str(model_dir), device="cpu"), images_dir=tmp_path / "images", worker="rerun")
+    again = outcome(rerun)
+    assert again == results and rerun._pipe is None and rerun.stats["generated"] == 0
+    assert [e["action"] for e in read_log(tmp_path / "images") if e["event"] == "lora" and e["action"] == "no_effect"] == ["no_effect"] * 2
