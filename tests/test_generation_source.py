@@ -488,3 +488,26 @@ def test_call_arguments_follow_the_pipeline_signature():
     unset, ignored = call_arguments(FluxLike(), **{k: (v if k in ("prompt", "generator") else None) for k, v in settings.items()})
     assert set(unset) == {"prompt", "generator", "output_type"} and ignored == []
     assert "self" in inspect.signature(FluxLike.__call__).parameters
+
+
+def test_a_final_kohya_file_alone_takes_its_siblings_label_kind(tmp_path):
+    """Issue 14: the training hook evaluates one file at a time; the final file must not be labelled by
+    ss_steps when the folder's other checkpoints are epochs (that broke the epoch trend line)."""
+    epochs = tmp_path / "epochs"
+    for epoch in (1, 2):
+        write_lora(epochs / f"me-{epoch:06d}.safetensors", seed=epoch)
+    final = write_lora(epochs / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    label = lambda found: [(c.step_kind, c.training_step) for c in found]  # noqa: E731
+    assert label(find_checkpoints([final])) == [("epoch", 3)]
+    steps = tmp_path / "steps"
+    write_lora(steps / "me-step00000010.safetensors", seed=1)
+    final_s = write_lora(steps / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    assert label(find_checkpoints([final_s])) == [("step", 30)]
+    lone = write_lora(tmp_path / "lone" / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    assert label(find_checkpoints([lone])) == [("epoch", 3)]  # ss_epoch before ss_steps
+    only_steps = write_lora(tmp_path / "only" / "me.safetensors", metadata={"ss_steps": "30"}, seed=3)
+    assert label(find_checkpoints([only_steps])) == [("step", 30)]
+    # --step / --epoch (final_step, final_kind) override the label
+    assert label(find_checkpoints([final], final_step=700, final_kind="step")) == [("step", 700)]
+    assert label(find_checkpoints([final_s], final_step=4, final_kind="epoch")) == [("epoch", 4)]
+    assert label(find_checkpoints([final], final_step=5)) == [("epoch", 5)]

@@ -63,6 +63,7 @@ class GenerateSource(BaseModel):
     baseline: Literal["none"] | Path | None = None  # the base model ("none") or a LoRA file, same settings
     baseline_name: str | None = None  # case name of the baseline; default "base-model" or the file's name
     final_step: int | None = Field(None, ge=0)  # step of `<name>.safetensors` when it carries no metadata
+    final_kind: Literal["step", "epoch"] | None = None  # label kind of final_step (default: the sweep's kind)
 
     @field_validator("lora", mode="before")
     @classmethod
@@ -134,8 +135,15 @@ class LoraCheckpoint:
 # --- LoRA files -> checkpoints -------------------------------------------------------------------------------
 
 
-def find_checkpoints(entries: list[Path], *, final_step: int | None = None) -> list[LoraCheckpoint]:
-    """Files and training folders as checkpoints, with their step parsed from kohya / ai-toolkit names."""
+def find_checkpoints(
+    entries: list[Path], *, final_step: int | None = None, final_kind: StepKind | None = None
+) -> list[LoraCheckpoint]:
+    """Files and training folders as checkpoints, with their step parsed from kohya / ai-toolkit names.
+
+    A final `<name>.safetensors` takes the label kind of its sweep: the numbered files listed with it, or,
+    when it is given alone (the training hook evaluates one file at a time), its siblings in the same
+    folder (names only, nothing is read), so one kohya run never mixes epoch and step labels.
+    """
     files: list[Path] = []
     for entry in entries:
         files.extend(_lora_files(entry))
@@ -146,15 +154,18 @@ def find_checkpoints(entries: list[Path], *, final_step: int | None = None) -> l
     checkpoints: dict[tuple[str, str, int], LoraCheckpoint] = {}
     for name, items in by_name.items():
         kinds = {kind for _, _, _, kind in items if kind is not None}
+        if not kinds:  # only final file(s): the folder's other checkpoints of the same name tell the kind
+            kinds = _sibling_kinds(items[0][0], name)
         numbers = [n for _, _, n, k in items if n is not None]
         for path, _, number, kind in items:
             problem = None
             if number is None:  # the final `<name>.safetensors`
                 try:
-                    number, kind = _final_step(path, sweep_kinds=kinds, final_step=final_step, alone=len(items) == 1)
+                    number, kind = _final_step(path, sweep_kinds=kinds, final_step=final_step, alone=len(items) == 1,
+                                               final_kind=final_kind)
                 except UnreadableLoraError as exc:  # label it after the sweep; its cases fail with the reason
                     problem = str(exc)
-                    kind = "epoch" if kinds == {"epoch"} else "step"
+                    kind = final_kind or ("epoch" if kinds == {"epoch"} else "step")
                     number = final_step if final_step is not None else (max(numbers) + 1 if numbers else 0)
             ckpt = LoraCheckpoint(path, name, number, kind, problem)  # type: ignore[arg-type]
             other = checkpoints.get((name, kind, number))  # type: ignore[arg-type]
@@ -171,6 +182,20 @@ def find_checkpoints(entries: list[Path], *, final_step: int | None = None) -> l
                 )
             checkpoints[(name, kind, number)] = ckpt  # type: ignore[index]
     return sorted(checkpoints.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step))
+
+
+def _sibling_kinds(path: Path, name: str) -> set[Any]:
+    """Label kinds of the numbered checkpoints named `name` next to `path` (file names only)."""
+    try:
+        siblings = [p for p in path.parent.iterdir() if p.suffix.lower() == ".safetensors" and p != path]
+    except OSError:
+        return set()
+    kinds = set()
+    for sibling in siblings:
+        other, number, kind = _parse_name(sibling.stem)
+        if other == name and number is not None:
+            kinds.add(kind)
+    return kinds
 
 
 def _lora_files(entry: Path) -> list[Path]:
@@ -288,18 +313,23 @@ def read_metadata(path: Path) -> dict[str, str]:
         ) from None
 
 
-def _final_step(path: Path, *, sweep_kinds: set[Any], final_step: int | None, alone: bool) -> tuple[int, StepKind]:
-    """The step of a final `<name>.safetensors`: kohya's metadata, else `final_step`, else 0 for a lone file."""
+def _final_step(path: Path, *, sweep_kinds: set[Any], final_step: int | None, alone: bool,
+                final_kind: StepKind | None = None) -> tuple[int, StepKind]:
+    """The label of a final `<name>.safetensors`: `final_step` (and `final_kind`) when given, else kohya's
+    metadata in the sweep's kind (epoch files: ss_epoch; step files: ss_steps; no sweep: ss_epoch before
+    ss_steps), else 0 for a lone file."""
+    if final_step is not None:  # given: nothing needs reading
+        return final_step, final_kind or ("epoch" if sweep_kinds == {"epoch"} else "step")
     meta = read_metadata(path)
     epoch, steps = _int(meta.get("ss_epoch")), _int(meta.get("ss_steps"))
-    if final_step is not None:
-        return final_step, ("epoch" if sweep_kinds == {"epoch"} else "step")
     if sweep_kinds == {"epoch"} and epoch is not None:
         return epoch, "epoch"
-    if sweep_kinds <= {"step"} and steps is not None:
+    if sweep_kinds == {"step"} and steps is not None:
         return steps, "step"
     if not sweep_kinds and epoch is not None:
         return epoch, "epoch"
+    if not sweep_kinds and steps is not None:
+        return steps, "step"
     if alone:
         return 0, "step"
     raise GenerateSourceError(
@@ -397,7 +427,7 @@ def baseline_names(sources: Any) -> frozenset[str]:
 
 def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[GeneratedCase]:
     """One case per (checkpoint, prompt, seed), plus the baseline's cases on the same prompts and seeds."""
-    checkpoints = find_checkpoints(source.lora, final_step=source.final_step)
+    checkpoints = find_checkpoints(source.lora, final_step=source.final_step, final_kind=source.final_kind)
     if source.loraname:
         checkpoints = [replace(c, loraname=source.loraname) for c in checkpoints]
         seen: dict[tuple[str, int], Path] = {}
