@@ -36,6 +36,7 @@ from lora_harness.progress import PhaseProgress
 from lora_harness.prompts import PromptFileError
 from lora_harness.report.manifest import now_iso
 from lora_harness import sharding
+from lora_harness.generation.devices import mapped as device_mapped
 from lora_harness.report.allure import allure_enabled
 from lora_harness.sharding import Shard, ShardError
 from lora_harness.store import latest_rows, read_rows
@@ -279,7 +280,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         groups = groups if groups is not None else xdist_groups(harness)
         group = group_of(target, groups, harness.checkpoints)
         if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.stash[_CHECKPOINT_GROUP] = group  # --shard splits by checkpoint group, never by device
+            # more workers than devices: a generating checkpoint's tests go to its device's one worker
+            item.add_marker(pytest.mark.xdist_group(device_mapped(group, harness.generation_groups())))
 
 
 class _ShardAndProgress:
@@ -334,8 +337,13 @@ def _param(item: pytest.Item, name: str) -> Any:
     return getattr(getattr(item, "callspec", None), "params", {}).get(name)
 
 
+_CHECKPOINT_GROUP = pytest.StashKey[str]()
+
+
 def _shard_key(item: pytest.Item) -> str | None:
     """The xdist group (checkpoints that must be judged together), so a shard never splits one."""
+    if _CHECKPOINT_GROUP in item.stash:
+        return item.stash[_CHECKPOINT_GROUP]
     marker = item.get_closest_marker("xdist_group")
     return str(marker.args[0]) if marker and marker.args else None
 

@@ -73,3 +73,31 @@ def test_truncated_final_file_and_renamed_pickle_fail_alone(pytester: pytest.Pyt
     assert images == ["faint_000000_00_1.png", "me_e000001_00_1.png", "me_e000002_00_1.png", "other_000000_00_1.png"]
     wide = pd.read_csv(run_dir / "scores.csv", dtype=str)
     assert wide.set_index("training_step").loc[["e000001", "e000002"], "spectral_score"].notna().all()
+
+
+def test_more_workers_than_devices_load_one_pipeline_per_device(pytester: pytest.Pytester, model) -> None:
+    """Issue 14: `pytest evals -n 4` with one device must not load four pipelines (four FLUX copies do not fit
+    one 24 GB GPU): the generating checkpoints go to one worker per device; images equal a -n 0 run."""
+    import numpy as np
+    from PIL import Image
+
+    out = pytester.path / "output"
+    tiny_flux.write_kohya_sweep(out, name="me", epochs=(1, 2, 3), final=False)
+    prompts = 'prompts = ["a photo of sks --w 32 --h 32 --s 2", "sks at the beach --w 32 --h 32 --s 2"]\nseeds = [1]\n'
+    write_suite(pytester.path, model, f'[[sources]]\nkind = "generate"\nlora = "{out}"\n{prompts}')
+    toml = pytester.path / "lora_eval.toml"
+    toml.write_text(toml.read_text().replace('device = "cpu"\n', 'devices = ["cpu"]\n'))
+    serial = run(pytester, "test_lora.py", "--run-name", "serial", "-n", "0")
+    serial.assert_outcomes(passed=9)  # 6 images + 3 checkpoints
+    parallel = run(pytester, "test_lora.py", "--run-name", "parallel", "-n", "4")
+    parallel.assert_outcomes(passed=9)
+    reports = pytester.path / "reports"
+    log = read_log(reports / "parallel" / "images")
+    loads = [e for e in log if e["event"] == "pipeline"]
+    assert len(loads) == 1 and loads[0]["device"] == "cpu"
+    generated = [e for e in log if e["event"] == "image" and e["action"] == "generated"]
+    assert len(generated) == 6 and len({e["worker"] for e in generated}) == 1  # the device's one worker
+    for image in sorted((reports / "serial" / "images" / "me").glob("*.png")):
+        twin = reports / "parallel" / "images" / "me" / image.name
+        assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(twin)))
+    assert len(list((reports / "parallel" / "images" / "me").glob("*.png"))) == 6
