@@ -101,3 +101,32 @@ def test_more_workers_than_devices_load_one_pipeline_per_device(pytester: pytest
         twin = reports / "parallel" / "images" / "me" / image.name
         assert np.array_equal(np.asarray(Image.open(image)), np.asarray(Image.open(twin)))
     assert len(list((reports / "parallel" / "images" / "me").glob("*.png"))) == 6
+
+
+def test_generation_sharded_by_slurm_array_merges_to_the_unsharded_run(pytester: pytest.Pytester, model, monkeypatch) -> None:
+    """`--shard auto` on generate sources: two Slurm array tasks (processes with SLURM_ARRAY_* set) each
+    generate their checkpoints into their own run folder; `lora-harness merge` equals the unsharded run."""
+    pytest.importorskip("jinja2")
+    from lora_harness.cli import main
+    from lora_harness.store import latest_rows, read_rows
+
+    out = pytester.path / "output"
+    tiny_flux.write_kohya_sweep(out, name="me", epochs=(1, 2, 3), final=False)
+    write_suite(pytester.path, model, f'[[sources]]\nkind = "generate"\nlora = "{out}"\nprompts = ["a photo of sks --w 32 --h 32 --s 2"]\nseeds = [1, 2]\n')
+    full = run(pytester, "test_lora.py", "--run-name", "full")
+    full.assert_outcomes(passed=9)
+    for task in (0, 1):
+        monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
+        monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
+        monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+        run(pytester, "test_lora.py", "--shard", "auto")  # the same command in both tasks
+    reports = pytester.path / "reports"
+    shards = [reports / "gen-shard1of2", reports / "gen-shard2of2"]
+    made = [sorted(p.name for p in (d / "images" / "me").glob("*.png")) for d in shards]
+    assert made[0] and made[1] and not set(made[0]) & set(made[1])  # each task generated its own checkpoints
+    assert main(["merge", *map(str, shards), "--out", str(reports / "merged")]) == 0
+
+    def values(run_dir: Path) -> dict:
+        return {(r.case_key, r.metric): r.value for r in latest_rows(read_rows(run_dir))}
+
+    assert values(reports / "merged") == values(reports / "full") and len(values(reports / "full")) == 12
