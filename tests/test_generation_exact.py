@@ -154,14 +154,29 @@ def _overwrite_pixels(path: Path) -> None:
     Image.fromarray(pixels).save(path, pnginfo=info)
 
 
+def _reseal_crc(path: Path) -> None:
+    """Alter pixel data and fix the chunk CRC (as a tool editing bytes would): only the seal can tell."""
+    import struct
+    import zlib
+
+    data = bytearray(path.read_bytes())
+    pos = data.index(b"IDAT") - 4
+    (length,) = struct.unpack(">I", data[pos:pos + 4])
+    data[pos + 8 + length // 2] ^= 0x01
+    body = bytes(data[pos + 4:pos + 8 + length])
+    data[pos + 8 + length:pos + 12 + length] = struct.pack(">I", zlib.crc32(body))
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) * 2 // 3]), "cached PNG cannot be decoded"),
-        (_corrupt_idat, "cached PNG cannot be decoded|pixels differ from the digest"),
-        (_overwrite_pixels, "pixels differ from the digest stored when it was generated"),
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) * 2 // 3]), r"cached PNG is damaged \(truncated inside a IDAT chunk"),
+        (_corrupt_idat, r"cached PNG is damaged \(CRC mismatch in a IDAT chunk at byte \d+: the bytes were altered"),
+        (_reseal_crc, "pixel data differs from the seal written with it"),
+        (_overwrite_pixels, "pixels differ from the digest stored when it was generated"),  # no seal: full decode
     ],
-    ids=["truncated", "corrupt-idat", "other-pixels"],
+    ids=["truncated", "corrupt-idat", "altered-valid-crc", "other-pixels"],
 )
 def test_a_damaged_cached_png_is_regenerated_and_the_log_says_why(model_dir, files, tmp_path, damage, reason):
     import re
