@@ -239,3 +239,39 @@ def test_readme_hook_command_lines_run_verbatim(tmp_path: Path, monkeypatch) -> 
                  "--config", "evals/lora_eval.toml", "--", "-q", "-x"]) == 0
     (source,) = json.loads(commands[0][commands[0].index("--lora-set") + 1].removeprefix("sources="))
     assert (source["final_step"], source["final_kind"]) == (7, "epoch") and commands[0][-2:] == ["-q", "-x"]
+
+
+@pytest.mark.slow
+def test_watch_a_kohya_sweep_file_by_file_keeps_one_label_kind(tmp_path: Path, monkeypatch, pytester: pytest.Pytester) -> None:
+    """Issue 14 end to end: `lora-harness watch OUT --once -- -q` on a kohya epoch sweep (two numbered files and
+    the final file, each evaluated alone in its own pytest run): every row of the run is labelled by epoch,
+    the final file as ss_epoch 3 (not ss_steps 30), so the epoch trend line is one line."""
+    pytest.importorskip("diffusers")
+    import tiny_flux
+
+    from lora_harness.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_flux.save_tiny_flux(tmp_path / "tiny")
+    out = tmp_path / "out"
+    tiny_flux.write_kohya_sweep(out, name="me", epochs=(1, 2), final=True)  # final: ss_epoch 3, ss_steps 30
+    config = write_config(tmp_path, model=str(model))
+    config.write_text(config.read_text().replace('[[sources]]\npath = "samples"\n\n', "").replace('baseline = "none"\n', "")
+                      .replace('name = "pixel_similarity"', 'name = "image_stats"'))
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(REPO / "evals" / "test_lora.py", suite / "test_suite_lora.py")
+    statuses: list[int] = []
+
+    def run_in_process(command: list[str]) -> int:
+        assert command[-1] == "-q"  # the arguments after `--`
+        result = pytester.runpytest_inprocess(*command[3:])
+        statuses.append(int(result.ret))
+        return int(result.ret)
+
+    monkeypatch.setattr("lora_harness.training_hook.subprocess.call", run_in_process)
+    assert main(["watch", str(out), "--config", str(config), "--suite", str(suite), "--once", "--interval", "0.2", "--", "-q"]) == 0
+    assert statuses == [0, 0, 0]
+    wide = pd.read_csv(tmp_path / "reports" / "training" / "scores.csv", dtype=str)
+    assert sorted(set(wide["training_step"])) == ["e000001", "e000002", "e000003"]
