@@ -245,23 +245,21 @@ class Harness:
                 from lora_harness.generation.devices import device_groups, visible_devices
                 from lora_harness.targets import xdist_groups
 
-                groups = xdist_groups(self)
+                self._groups = xdist_groups(self)
                 self._generation_groups = device_groups(
-                    {groups[c] for c in generated if c in groups}, visible_devices(self.config.pipeline), self.worker_count
+                    {self._groups[c] for c in generated if c in self._groups}, visible_devices(self.config.pipeline),
+                    self.worker_count,
                 )
         return self._generation_groups
 
     def _generation_device(self, case: GeneratedCase) -> str | None:
+        """The device whose worker generates this case when workers share devices; None: this worker's own."""
         plan = self.generation_groups()
-        if not plan:
+        if not plan or self._groups is None:
             return None
-        from lora_harness.targets import xdist_groups
-
         checkpoint = Checkpoint.of(case)
         if "of" in case.extra:  # a leakage/strength image belongs to its LoRA's checkpoint
             checkpoint = Checkpoint(case.extra["of"], case.training_step, case.step_kind)
-        if self._groups is None:
-            self._groups = xdist_groups(self)
         return plan.get(self._groups.get(checkpoint, checkpoint.key))
 
     def _materialize(self, case: EvalCase) -> None:
