@@ -63,8 +63,9 @@ def _eval_checkpoint(args: argparse.Namespace) -> int:
         if loraname is None and (checkpoint.is_dir() or checkpoint_file(checkpoint).stem == "pytorch_lora_weights"):
             loraname = (checkpoint if checkpoint.is_dir() else checkpoint.parent).parent.name  # <output>/checkpoint-N/
         status = evaluate_checkpoint(
-            checkpoint, config=Path(args.config), step=args.step, suite=Path(args.suite), loraname=loraname,
-            extra=_hook_extra(args),
+            checkpoint, config=Path(args.config), step=args.epoch if args.epoch is not None else args.step,
+            step_kind="epoch" if args.epoch is not None else ("step" if args.step is not None else None),
+            suite=Path(args.suite), loraname=loraname, extra=_hook_extra(args),
         )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -102,7 +103,9 @@ def _add_hook_commands(commands: Any) -> None:
         cmd = commands.add_parser(name, help=help_text)
         if name == "eval-checkpoint":
             cmd.add_argument("--checkpoint", required=True, help="the LoRA .safetensors, or a checkpoint folder holding one")
-            cmd.add_argument("--step", type=int, help="training step of the checkpoint (SimpleTuner: {global_step})")
+            label = cmd.add_mutually_exclusive_group()
+            label.add_argument("--step", type=int, help="training step of the checkpoint (SimpleTuner: {global_step})")
+            label.add_argument("--epoch", type=int, help="training epoch of an unnumbered checkpoint (overrides its ss_epoch)")
             cmd.add_argument("--loraname", help="LoRA name in the run (default: the file's name; SimpleTuner: the output folder's)")
             cmd.add_argument("--exit-zero", action="store_true", help="exit 0 even when a gate fails (keep the trainer going)")
             cmd.set_defaults(func=_eval_checkpoint)
@@ -116,7 +119,8 @@ def _add_hook_commands(commands: Any) -> None:
         cmd.add_argument("--suite", default="evals", help="the eval suite to run (default: evals)")
         cmd.add_argument("--run-name", help="the run to append to (default: run.name of the config)")
         cmd.add_argument("--report-dir", help="override run.report_dir")
-        cmd.add_argument("pytest_args", nargs="*", help="extra pytest arguments after `--`, e.g. -- -n 2 -q")
+        cmd.set_defaults(pytest_args=[])  # everything after `--` (split off in main(): argparse mis-parses it here)
+        cmd.epilog = "pytest arguments go after `--`, e.g. `-- -n 2 -q`"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,8 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that pass the arguments after `--` to pytest.
+PASSTHROUGH_COMMANDS = ("eval-checkpoint", "watch")
+
+
+def split_passthrough(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """(our arguments, pytest's) for `eval-checkpoint`/`watch`: everything after the first `--` is pytest's.
+
+    argparse cannot give a `nargs="*"` positional what follows `--` when another positional (watch's output
+    folder) precedes it ("unrecognized arguments: -- -n 2"), so the split happens before parsing.
+    """
+    if argv[:1] and argv[0] in PASSTHROUGH_COMMANDS and "--" in argv:
+        cut = argv.index("--")
+        return argv[:cut], argv[cut + 1:]
+    return argv, None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    ours, passthrough = split_passthrough(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(ours)
+    if passthrough is not None:
+        args.pytest_args = passthrough
     return args.func(args)
 
 

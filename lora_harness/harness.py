@@ -87,6 +87,9 @@ class Harness:
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._context: JudgeContext | None = None
         self._generator: ImageGenerator | None = None
+        self._generators: dict[str | None, ImageGenerator] = {}
+        self._generation_groups: dict[str, str] | None = None
+        self._groups: dict[Checkpoint, str] | None = None
 
     @property
     def metrics(self) -> list[str]:
@@ -222,20 +225,52 @@ class Harness:
         self._materialize(case)
         return load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
 
-    def generator(self) -> "ImageGenerator":
+    def generator(self, device: str | None = None) -> "ImageGenerator":
         """This process's image generator (pipeline + LoRA state), created on first use: sample-folder runs and
-        fully cached reruns never import torch or diffusers."""
-        if self._generator is None:
+        fully cached reruns never import torch or diffusers. `device`: the generator of that device (when
+        workers share devices, see lora_harness.generation.devices); default: this worker's own device."""
+        if device is None and self._generator is not None:
+            return self._generator
+        if device not in self._generators:
             from lora_harness.generation.engine import ImageGenerator
 
-            self._generator = ImageGenerator(self.config.pipeline, images_dir=self.config.run_dir / IMAGES_DIRNAME, worker=self.worker)
-        return self._generator
+            pipeline = self.config.pipeline if device is None else self.config.pipeline.model_copy(update={"device": device, "devices": []})
+            self._generators[device] = ImageGenerator(pipeline, images_dir=self.config.run_dir / IMAGES_DIRNAME, worker=self.worker)
+        if device is None:
+            self._generator = self._generators[None]
+        return self._generators[device]
+
+    def generation_groups(self) -> dict[str, str]:
+        """Checkpoint xdist group -> device, when more workers than devices share generation (else empty)."""
+        if self._generation_groups is None:
+            self._generation_groups = {}
+            generated = {Checkpoint.of(c) for c in self.cases if isinstance(c, GeneratedCase)}
+            if generated and self.worker_count > 1:
+                from lora_harness.generation.devices import device_groups, visible_devices
+                from lora_harness.targets import xdist_groups
+
+                self._groups = xdist_groups(self)
+                self._generation_groups = device_groups(
+                    {self._groups[c] for c in generated if c in self._groups}, visible_devices(self.config.pipeline),
+                    self.worker_count,
+                )
+        return self._generation_groups
+
+    def _generation_device(self, case: GeneratedCase) -> str | None:
+        """The device whose worker generates this case when workers share devices; None: this worker's own."""
+        plan = self.generation_groups()
+        if not plan or self._groups is None:
+            return None
+        checkpoint = Checkpoint.of(case)
+        if "of" in case.extra:  # a leakage/strength image belongs to its LoRA's checkpoint
+            checkpoint = Checkpoint(case.extra["of"], case.training_step, case.step_kind)
+        return plan.get(self._groups.get(checkpoint, checkpoint.key))
 
     def _materialize(self, case: EvalCase) -> None:
         """A generated case's image is made (or taken from the cache) before it is read; its whole checkpoint
         at once, so a worker applies each LoRA once. Failures raise ImageError (CaseGenerationError)."""
         if isinstance(case, GeneratedCase):
-            self.generator().materialize(case, lambda: self.cases_of(Checkpoint.of(case)))
+            self.generator(self._generation_device(case)).materialize(case, lambda: self.cases_of(Checkpoint.of(case)))
 
     def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
         """fsync one judge's scores for a batch before the next judge runs.

@@ -36,6 +36,7 @@ from lora_harness.progress import PhaseProgress
 from lora_harness.prompts import PromptFileError
 from lora_harness.report.manifest import now_iso
 from lora_harness import sharding
+from lora_harness.generation.devices import mapped as device_mapped
 from lora_harness.report.allure import allure_enabled
 from lora_harness.sharding import Shard, ShardError
 from lora_harness.store import ScoreRow, latest_rows, read_rows
@@ -60,10 +61,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="evaluate this kohya sample folder instead of the config's sources (repeatable)",
     )
     group.addoption(
-        "--shard", metavar="I/N",
-        help="evaluate only shard I of N (split by checkpoint, the same on every machine); merge the run folders "
-        "afterwards with `lora-harness merge`",
+        "--shard", metavar="I/N|auto",
+        help="evaluate only shard I of N (split by checkpoint, the same on every machine); auto: from a Slurm "
+        "array or Kubernetes Indexed Job (own run folder <run>-shard<i>of<N>); merge with `lora-harness merge`",
     )
+    group.addoption("--shard-count", metavar="N", type=int, help="number of shards for --shard auto in a Kubernetes Indexed Job")
     group.addoption(
         "--lora-progress", metavar="SECONDS", default="10",
         help="a judging progress line (checkpoints done, ETA) at most every SECONDS; 0: every checkpoint; off: none",
@@ -107,6 +109,10 @@ class PluginState:
     def eval_config(self) -> EvalConfig:
         if self._config is None:
             self._config = load_config(_config_path(self.pytest_config), _overrides(self.pytest_config))
+            if str(self.pytest_config.getoption("shard", None) or "").strip().lower() == sharding.AUTO:
+                shard = _shard(self.pytest_config)  # every task of an array: its own run folder, merged later
+                run = self._config.run.model_copy(update={"name": self._config.run.name + sharding.run_name_suffix(shard)})  # type: ignore[arg-type]
+                self._config = self._config.model_copy(update={"run": run})
         return self._config
 
     def harness(self) -> Harness:
@@ -142,11 +148,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def _check_options(config: pytest.Config) -> None:
     """Bad --shard / --lora-progress values stop the run before collection, saying what is expected."""
-    if config.getoption("shard", None):
-        try:
-            Shard.parse(config.getoption("shard"))
-        except ShardError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    if config.getoption("shard", None) or config.getoption("shard_count", None) is not None:
+        _shard(config)
     value = str(config.getoption("lora_progress", "10"))
     try:
         if value.lower() != "off" and float(value) < 0:
@@ -171,6 +174,20 @@ class _XdistHooks:
             self.state.run_dirs.add(Path(run_dir))
         for name, step, kind in getattr(node, "workeroutput", {}).get(CHECKPOINTS_KEY, ()):
             self.state.checkpoints.add(Checkpoint(name, step, kind))
+
+
+def _shard(config: pytest.Config) -> Shard | None:
+    """This run's shard (`--shard i/N` or `--shard auto` from the scheduler's environment), or None."""
+    spec = config.getoption("shard", None)
+    count = config.getoption("shard_count", None)
+    if not spec and count is None:
+        return None
+    try:
+        if not spec:
+            raise ShardError("--shard-count needs --shard auto")
+        return sharding.resolve(spec, count=count)
+    except ShardError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _config_path(config: pytest.Config) -> Path:
@@ -269,7 +286,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         groups = groups if groups is not None else xdist_groups(harness)
         group = group_of(target, groups, harness.checkpoints)
         if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
+            item.stash[_CHECKPOINT_GROUP] = group  # --shard splits by checkpoint group, never by device
+            # more workers than devices: a generating checkpoint's tests go to its device's one worker
+            item.add_marker(pytest.mark.xdist_group(device_mapped(group, harness.generation_groups())))
 
 
 class _ShardAndProgress:
@@ -281,11 +300,8 @@ class _ShardAndProgress:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         """After -k/-m: keep this machine's shard, and tag image tests for the progress line."""
-        if config.getoption("shard"):
-            try:
-                shard = Shard.parse(config.getoption("shard"))
-            except ShardError as exc:
-                raise pytest.UsageError(str(exc)) from None
+        shard = _shard(config)
+        if shard is not None:
             items[:], deselected = sharding.split(items, shard, _shard_key)
             if deselected:
                 config.hook.pytest_deselected(items=deselected)
@@ -334,8 +350,13 @@ def _param(item: pytest.Item, name: str) -> Any:
     return getattr(getattr(item, "callspec", None), "params", {}).get(name)
 
 
+_CHECKPOINT_GROUP = pytest.StashKey[str]()
+
+
 def _shard_key(item: pytest.Item) -> str | None:
     """The xdist group (checkpoints that must be judged together), so a shard never splits one."""
+    if _CHECKPOINT_GROUP in item.stash:
+        return item.stash[_CHECKPOINT_GROUP]
     marker = item.get_closest_marker("xdist_group")
     return str(marker.args[0]) if marker and marker.args else None
 
@@ -601,7 +622,7 @@ def _write_run_report(config: pytest.Config, run_dir: Path, exit_status: int) ->
 
         files = finish_session(
             run_dir, state.eval_config(), run_id=state.run_id, started_at=state.started_at,
-            shard=config.getoption("shard"), exit_status=exit_status,
+            shard=str(_shard(config)) if config.getoption("shard") else None, exit_status=exit_status,
             checkpoints=state.checkpoints | set(state._harness.checkpoints if state._harness else ()),
             verdicts=state.verdicts,
         )

@@ -58,7 +58,8 @@ def checkpoint_file(path: Path) -> Path:
     raise ConfigError(f"--checkpoint {path}: no such file or folder")
 
 
-def checkpoint_sources(config_path: Path, checkpoint: Path, step: int | None, loraname: str | None) -> list[dict[str, Any]]:
+def checkpoint_sources(config_path: Path, checkpoint: Path, step: int | None, loraname: str | None,
+                       step_kind: str | None = None) -> list[dict[str, Any]]:
     """The config's generate sources, each pointed at this one checkpoint (absolute paths; sample sources dropped)."""
     try:
         data = tomllib.loads(config_path.read_text(encoding="utf-8"))
@@ -80,6 +81,8 @@ def checkpoint_sources(config_path: Path, checkpoint: Path, step: int | None, lo
             updated["baseline"] = str((base / source["baseline"]).resolve())
         if step is not None:
             updated["final_step"] = step  # an unnumbered file (SimpleTuner) gets the trainer's global step
+            if step_kind is not None:
+                updated["final_kind"] = step_kind  # --step / --epoch: the label kind too
         if loraname or "loraname" in source:
             updated["loraname"] = loraname or source["loraname"]
         out.append(updated)
@@ -95,10 +98,13 @@ def pytest_command(suite: Path, config: Path, sources: list[dict[str, Any]], *, 
 
 def evaluate_checkpoint(
     checkpoint: Path, *, config: Path, step: int | None, suite: Path, loraname: str | None = None,
-    extra: Sequence[str] = (), runner: Callable[[list[str]], int] | None = None,
+    extra: Sequence[str] = (), runner: Callable[[list[str]], int] | None = None, step_kind: str | None = None,
 ) -> int:
-    """Run the eval suite on one checkpoint; returns pytest's exit status (1: a gated check failed)."""
-    sources = checkpoint_sources(config, checkpoint_file(checkpoint), step, loraname)
+    """Run the eval suite on one checkpoint; returns pytest's exit status (1: a gated check failed).
+
+    A kohya final file evaluated alone is labelled like its siblings in the same folder (see
+    `sources.generate.find_checkpoints`); `step`/`step_kind` (`--step`, `--epoch`) override its label."""
+    sources = checkpoint_sources(config, checkpoint_file(checkpoint), step, loraname, step_kind)
     command = pytest_command(suite, config, sources, extra=extra)
     return (runner or (lambda cmd: subprocess.call(cmd)))(command)
 

@@ -105,7 +105,8 @@ def test_generate_judge_csv_then_a_rerun_reuses_every_image(pytester: pytest.Pyt
     # 2 checkpoints x 2 prompts x 1 seed images, 2 checkpoint tests, 2 fixture tests.
     first.assert_outcomes(passed=8)
     first.stdout.fnmatch_lines(["*no GPU visible to torch: worker main generates on the CPU*"])
-    images = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "images").rglob("*.png"))
+    images = sorted(p.relative_to(run_dir).as_posix() for p in (run_dir / "images").rglob("*.png") if "_reference" not in p.parts)
+    assert len(list((run_dir / "images" / "_reference").glob("*.png"))) == 1  # base model, prompt 00: the no-effect check
     assert images == [
         "images/tiny-person/tiny-person_e000001_00_11.png", "images/tiny-person/tiny-person_e000001_01_12.png",
         "images/tiny-person/tiny-person_e000002_00_11.png", "images/tiny-person/tiny-person_e000002_01_12.png",

@@ -244,7 +244,7 @@ def assert_pipeline_untouched(shared) -> None:
 @pytest.mark.parametrize(
     ("name", "error", "expected"),
     [
-        ("truncated", LoraFileError, r"not a readable safetensors file .*truncated or corrupt"),
+        ("truncated", LoraFileError, r"not a readable safetensors file: truncated: its header promises \d+ bytes, the file has \d+"),
         ("empty", LoraFileError, r"empty file \(0 bytes\)"),
         ("lfs", LoraFileError, r"a Git LFS pointer .* `git lfs pull`"),
         ("sdxl", LoraMismatchError, r"diffusers cannot map this LoRA onto FluxPipeline .* it looks like an SDXL LoRA; use a LoRA trained for this base model"),

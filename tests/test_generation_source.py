@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from lora_harness.sources.generate import (  # noqa: E402
     GeneratedCase,
     GenerateSourceError,
     collect_generate_cases,
+    file_problem,
     find_checkpoints,
 )
 
@@ -183,8 +186,47 @@ def test_missing_and_wrong_files(tmp_path):
     truncated = tmp_path / "t" / "x.safetensors"
     write_lora(truncated, metadata={"ss_epoch": "1"})
     truncated.write_bytes(truncated.read_bytes()[:60])
-    with pytest.raises(GenerateSourceError, match=r"x\.safetensors: cannot read the safetensors header .* corrupt, truncated"):
-        find_checkpoints([truncated])
+    (lone,) = find_checkpoints([truncated])  # not an abort: a checkpoint whose cases fail with the reason
+    assert (lone.training_step, lone.step_kind) == (0, "step")
+    assert re.search(r"x\.safetensors: cannot read the safetensors header: truncated inside its header .*still being written", lone.problem)
+
+
+def test_unreadable_checkpoint_files_never_abort_collection(tmp_path):
+    """Issue 14: a final file still being written and a pickle renamed .safetensors are collected as failing
+    checkpoints (their reason on each case); every healthy checkpoint keeps its cases and labels."""
+    import pickle
+
+    out = tmp_path / "output"
+    for epoch in (1, 2):
+        write_lora(out / f"me-{epoch:06d}.safetensors", metadata={"ss_epoch": str(epoch)}, seed=epoch)
+    final = write_lora(out / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    final.write_bytes(final.read_bytes()[:-40])  # the tensors are still being written
+    (out / "me-000004.safetensors").write_bytes(pickle.dumps({"lora_down": [1.0, 2.0]}))
+    found = {(c.step_kind, c.training_step): c for c in find_checkpoints([out])}
+    assert sorted(found) == [("epoch", 1), ("epoch", 2), ("epoch", 4), ("epoch", 5)]
+    assert found[("epoch", 1)].problem is None and found[("epoch", 2)].problem is None
+    assert found[("epoch", 5)].path == final  # provisional label: after the sweep's last numbered checkpoint
+    assert re.search(r"me\.safetensors: cannot read the safetensors header: truncated: its header promises \d+ bytes, "
+                     r"the file has \d+; modified \d+ s ago, so it is probably still being written", found[("epoch", 5)].problem)
+    assert found[("epoch", 4)].problem is None  # numbered: nothing read at collection; the loader refuses it
+    assert "a pickle (torch.save) file named .safetensors" in file_problem(found[("epoch", 4)].path)
+    cfg = config(tmp_path, {"lora": "output", "prompts": ["a photo --w 32 --h 32"], "seeds": [1]})
+    cases = collect_cases(cfg)
+    assert len(cases) == 4
+    assert [c.extra.get("lora_problem", "")[:40] for c in cases if c.training_step == 5] == [found[("epoch", 5)].problem[:40]]
+    assert file_problem(out / "me-000001.safetensors") is None
+    (out / "old.safetensors").write_bytes(final.read_bytes())
+    os.utime(out / "old.safetensors", (1, 1))
+    assert file_problem(out / "old.safetensors").endswith("an interrupted save or download: re-export or re-download it")
+
+
+def test_half_written_copy_of_a_numbered_checkpoint_gives_way_to_the_complete_file(tmp_path):
+    write_lora(tmp_path / "x-000002.safetensors", seed=1)
+    final = write_lora(tmp_path / "x.safetensors", metadata={"ss_epoch": "2"}, seed=1)
+    numbered = tmp_path / "x-000002.safetensors"
+    numbered.write_bytes(numbered.read_bytes()[:-16])
+    (only,) = find_checkpoints([tmp_path])
+    assert only.path == final and only.problem is None
 
 
 # --- cases ---------------------------------------------------------------------------------------------------------
@@ -446,3 +488,26 @@ def test_call_arguments_follow_the_pipeline_signature():
     unset, ignored = call_arguments(FluxLike(), **{k: (v if k in ("prompt", "generator") else None) for k, v in settings.items()})
     assert set(unset) == {"prompt", "generator", "output_type"} and ignored == []
     assert "self" in inspect.signature(FluxLike.__call__).parameters
+
+
+def test_a_final_kohya_file_alone_takes_its_siblings_label_kind(tmp_path):
+    """Issue 14: the training hook evaluates one file at a time; the final file must not be labelled by
+    ss_steps when the folder's other checkpoints are epochs (that broke the epoch trend line)."""
+    epochs = tmp_path / "epochs"
+    for epoch in (1, 2):
+        write_lora(epochs / f"me-{epoch:06d}.safetensors", seed=epoch)
+    final = write_lora(epochs / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    label = lambda found: [(c.step_kind, c.training_step) for c in found]  # noqa: E731
+    assert label(find_checkpoints([final])) == [("epoch", 3)]
+    steps = tmp_path / "steps"
+    write_lora(steps / "me-step00000010.safetensors", seed=1)
+    final_s = write_lora(steps / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    assert label(find_checkpoints([final_s])) == [("step", 30)]
+    lone = write_lora(tmp_path / "lone" / "me.safetensors", metadata={"ss_epoch": "3", "ss_steps": "30"}, seed=3)
+    assert label(find_checkpoints([lone])) == [("epoch", 3)]  # ss_epoch before ss_steps
+    only_steps = write_lora(tmp_path / "only" / "me.safetensors", metadata={"ss_steps": "30"}, seed=3)
+    assert label(find_checkpoints([only_steps])) == [("step", 30)]
+    # --step / --epoch (final_step, final_kind) override the label
+    assert label(find_checkpoints([final], final_step=700, final_kind="step")) == [("step", 700)]
+    assert label(find_checkpoints([final_s], final_step=4, final_kind="epoch")) == [("epoch", 4)]
+    assert label(find_checkpoints([final], final_step=5)) == [("epoch", 5)]

@@ -101,3 +101,28 @@ def test_best_checkpoint_from_rows_ignores_check_rows() -> None:
         row("me-leakage", "leakage", "spectral_score", "image_stats"),
     ])
     assert means == {Checkpoint("me", 10): {"spectral_score": 0.5}}
+
+
+def test_strength_verdict_default_margin_and_direction_per_metric() -> None:
+    """Issue 14: a LoRA that changes nothing (gain 0.0) fails with the default margin; identity must rise,
+    artifact scores may move either way, an explicit direction overrides."""
+    from lora_harness.checks.settings import DEFAULT_STRENGTH_MARGIN, StrengthConfig
+    from lora_harness.checks.strength import metric_direction, strength_verdict
+
+    config = StrengthConfig()
+    assert config.margin == DEFAULT_STRENGTH_MARGIN == 0.05 and config.direction == "auto"
+    with pytest.raises(ValueError, match="greater than 0"):
+        StrengthConfig(margin=0)
+    assert metric_direction("face_identity_max") == "rise" and metric_direction("clip_score") == "rise"
+    assert metric_direction("spectral_score") == "any" and metric_direction("spectral_score", "fall") == "fall"
+
+    def verdict(metric, low, high, direction="auto"):
+        return strength_verdict(metric, low, high, low_scale=0, high_scale=1, margin=config.margin, direction=direction)
+
+    passed, line = verdict("face_identity_max", 0.4, 0.4)  # no effect: was a pass with margin 0
+    assert not passed and "= 0.0000 < margin 0.05" in line and "barely changes face_identity_max at scale 1" in line
+    assert not verdict("face_identity_max", 0.6, 0.3)[0]  # identity falling is not a gain
+    assert verdict("face_identity_max", 0.3, 0.6)[0]
+    assert verdict("spectral_score", 0.9, 0.7)[0]  # an artifact score may fall
+    assert not verdict("spectral_score", 0.9, 0.88)[0]
+    assert verdict("spectral_score", 0.9, 0.7, "fall")[0] and not verdict("spectral_score", 0.7, 0.9, "fall")[0]

@@ -181,3 +181,97 @@ def test_cli_hook_commands_report_bad_input(tmp_path: Path, capsys) -> None:
     assert "is not a folder; give the trainer's output folder" in capsys.readouterr().err
     assert main(["eval-checkpoint", "--checkpoint", str(tmp_path / "missing.safetensors"), "--config", str(config)]) == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def _readme_command(prefix: str) -> str:
+    """A command line exactly as the README documents it."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    line = next(line for line in readme.splitlines() if prefix in line and not line.lstrip().startswith("#"))
+    return line[line.index(prefix):].strip().rstrip('"')
+
+
+def test_readme_hook_command_lines_run_verbatim(tmp_path: Path, monkeypatch) -> None:
+    """Issue 14: `lora-harness watch DIR --config X --interval 30 -- -n 2` failed with 'unrecognized arguments'.
+    Both documented command lines are parsed as written; the pytest arguments reach the pytest command."""
+    import shlex
+
+    import lora_harness.training_hook as hook
+    from lora_harness.cli import main
+
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evals").mkdir()
+    write_config(tmp_path / "evals")
+    out = tmp_path / "output" / "my-person"
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    tensors = {"lora_unet_double_blocks_0_img_attn_proj.lora_down.weight": rng.normal(size=(4, 32)).astype(np.float32)}
+    for name, meta in (("my-person-000001", {"ss_epoch": "1", "ss_steps": "10"}), ("my-person", {"ss_epoch": "2", "ss_steps": "20"})):
+        safetensors_numpy.save_file(tensors, str(out / f"{name}.safetensors"), metadata=meta)
+    commands: list[list[str]] = []
+    monkeypatch.setattr(hook.subprocess, "call", lambda command: commands.append(command) or 0)
+    real_watch = hook.watch
+    monkeypatch.setattr(hook, "watch", lambda *a, **k: real_watch(*a, **{**k, "max_polls": 2, "sleep": lambda s: None, "log": lambda m: None}))
+
+    watch_line = _readme_command("lora-harness watch")
+    assert watch_line == "lora-harness watch output/my-person --config evals/lora_eval.toml --interval 30 -- -n 2"
+    assert main(shlex.split(watch_line)[1:]) == 0
+    assert len(commands) == 2 and all(c[-2:] == ["-n", "2"] for c in commands)
+    labels = []
+    for command in commands:
+        (source,) = json.loads(command[command.index("--lora-set") + 1].removeprefix("sources="))
+        from lora_harness.sources.generate import find_checkpoints
+
+        (ckpt,) = find_checkpoints([Path(p) for p in source["lora"]], final_step=source.get("final_step"), final_kind=source.get("final_kind"))
+        labels.append((ckpt.step_kind, ckpt.training_step))
+    assert sorted(labels) == [("epoch", 1), ("epoch", 2)]  # the final file is epoch 2, not step 20
+
+    commands.clear()
+    hook_line = _readme_command("lora-harness eval-checkpoint")
+    hook_line = hook_line.replace("{local_checkpoint_path}", str(out / "my-person.safetensors")).replace("{global_step}", "500")
+    assert main(shlex.split(hook_line)[1:]) == 0
+    (source,) = json.loads(commands[0][commands[0].index("--lora-set") + 1].removeprefix("sources="))
+    assert (source["final_step"], source["final_kind"]) == (500, "step")
+    commands.clear()
+    assert main(["eval-checkpoint", "--checkpoint", str(out / "my-person.safetensors"), "--epoch", "7",
+                 "--config", "evals/lora_eval.toml", "--", "-q", "-x"]) == 0
+    (source,) = json.loads(commands[0][commands[0].index("--lora-set") + 1].removeprefix("sources="))
+    assert (source["final_step"], source["final_kind"]) == (7, "epoch") and commands[0][-2:] == ["-q", "-x"]
+
+
+@pytest.mark.slow
+def test_watch_a_kohya_sweep_file_by_file_keeps_one_label_kind(tmp_path: Path, monkeypatch, pytester: pytest.Pytester) -> None:
+    """Issue 14 end to end: `lora-harness watch OUT --once -- -q` on a kohya epoch sweep (two numbered files and
+    the final file, each evaluated alone in its own pytest run): every row of the run is labelled by epoch,
+    the final file as ss_epoch 3 (not ss_steps 30), so the epoch trend line is one line."""
+    pytest.importorskip("diffusers")
+    import tiny_flux
+
+    from lora_harness.cli import main
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = tiny_flux.save_tiny_flux(tmp_path / "tiny")
+    out = tmp_path / "out"
+    tiny_flux.write_kohya_sweep(out, name="me", epochs=(1, 2), final=True)  # final: ss_epoch 3, ss_steps 30
+    config = write_config(tmp_path, model=str(model))
+    config.write_text(config.read_text().replace('[[sources]]\npath = "samples"\n\n', "").replace('baseline = "none"\n', "")
+                      .replace('name = "pixel_similarity"', 'name = "image_stats"'))
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    shutil.copy(REPO / "evals" / "test_lora.py", suite / "test_suite_lora.py")
+    statuses: list[int] = []
+
+    def run_in_process(command: list[str]) -> int:
+        assert command[-1] == "-q"  # the arguments after `--`
+        result = pytester.runpytest_inprocess(*command[3:])
+        statuses.append(int(result.ret))
+        return int(result.ret)
+
+    monkeypatch.setattr("lora_harness.training_hook.subprocess.call", run_in_process)
+    assert main(["watch", str(out), "--config", str(config), "--suite", str(suite), "--once", "--interval", "0.2", "--", "-q"]) == 0
+    assert statuses == [0, 0, 0]
+    wide = pd.read_csv(tmp_path / "reports" / "training" / "scores.csv", dtype=str)
+    assert sorted(set(wide["training_step"])) == ["e000001", "e000002", "e000003"]

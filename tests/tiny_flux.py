@@ -116,6 +116,58 @@ def write_diffusers_lora(
     return Path(path)
 
 
+def write_peft_alpha_lora(path: Path, *, alpha: float, seed: int = 10, rank: int = 4, strength: float = 0.5) -> Path:
+    """A peft-format LoRA with `transformer.<module>.alpha` keys (scaling alpha / rank, as some trainers save it).
+
+    Same seed, other alpha: the same weights at another scaling, the case a hot-swap got wrong (issue 14).
+    """
+    from safetensors.torch import load_file
+
+    write_diffusers_lora(path, seed=seed, rank=rank, strength=strength)
+    tensors = load_file(str(path))
+    for key in [k for k in tensors if k.endswith(".lora_A.weight")]:
+        tensors[key.replace(".lora_A.weight", ".alpha")] = torch.tensor(float(alpha))
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return Path(path)
+
+
+def write_saved_lora(folder: Path, *, alpha: float, rank: int = 4, seed: int = 20, name: str = "lora") -> Path:
+    """A LoRA written by diffusers' own `FluxPipeline.save_lora_weights`, with the peft config (`lora_alpha`, `r`)
+    stored as `lora_adapter_metadata`: what a diffusers/peft training script saves."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=["transformer_blocks.0." + t for t in DOUBLE_BLOCK_TARGETS],
+                        init_lora_weights=False)
+    torch.manual_seed(seed)
+    transformer.add_adapter(config)
+    state = get_peft_model_state_dict(transformer)
+    folder = Path(folder)
+    FluxPipeline.save_lora_weights(
+        folder, transformer_lora_layers=state, transformer_lora_adapter_metadata=config.to_dict(),
+        weight_name=f"{name}.safetensors",
+    )
+    return folder / f"{name}.safetensors"
+
+
+def write_zero_lora(path: Path, *, rank: int = 4) -> Path:
+    """A peft-format LoRA whose up weights are all zero (peft's initialisation, saved before any training step)."""
+    gen = torch.Generator().manual_seed(5)
+    tensors: dict[str, torch.Tensor] = {}
+    for target in DOUBLE_BLOCK_TARGETS:
+        down, _ = _lora_pair(gen, rank, INNER_DIM, INNER_DIM, 0.5)
+        tensors[f"transformer.transformer_blocks.0.{target}.lora_A.weight"] = down
+        tensors[f"transformer.transformer_blocks.0.{target}.lora_B.weight"] = torch.zeros(INNER_DIM, rank)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return Path(path)
+
+
 def write_kohya_lora(
     path: Path, *, seed: int = 2, rank: int = 4, strength: float = 0.5, metadata: dict[str, str] | None = None,
 ) -> Path:

@@ -30,6 +30,12 @@ class LeakageConfig(_Model):
     _prompts = field_validator("prompts")(_no_empty_prompts)
 
 
+# The LoRA must move the metric by at least this much between `low` and `high` (in the metric's units; for
+# face_identity cosines 0.05 is a clearly visible identity gain). 0 would pass a LoRA that changes nothing.
+DEFAULT_STRENGTH_MARGIN = 0.05
+StrengthDirection = Literal["auto", "rise", "fall", "any"]
+
+
 class StrengthConfig(_Model):
     """The same prompt and seed at several LoRA scales; scale 0 is the base model control."""
 
@@ -37,7 +43,10 @@ class StrengthConfig(_Model):
     prompts: list[str] | None = None  # default: the first prompt of the source
     seeds: list[int] | None = None  # default: the first seed of the checkpoint's cases
     metric: str = "face_identity_max"
-    margin: float = 0.0  # gate: mean metric at `high` - mean metric at `low` >= margin
+    margin: float = Field(DEFAULT_STRENGTH_MARGIN, gt=0)  # gate: the metric moves at least this much from low to high
+    # rise: high - low >= margin; fall: low - high >= margin; any: |high - low| >= margin. auto: rise for
+    # identity/similarity metrics (the person must appear), any for artifact/quality scores (they may fall).
+    direction: StrengthDirection = "auto"
     low: float = 0.0
     high: float = 1.0
     checkpoints: Literal["all", "latest"] = "latest"  # a sweep x scales is costly: latest by default

@@ -1,8 +1,10 @@
 """Strength sweep: the same prompt and seed at several LoRA scales; scale 0 is the base-model control.
 
-The gate asks that the LoRA does something: mean metric at scale `high` minus mean metric at scale `low`
-(default identity at 1.0 minus identity at 0) must be at least `margin`. The values at every scale are in
-the message and in the store (LoRA name `<lora>-scale<s>`, `extra.scale`), for a metric-vs-scale plot.
+The gate asks that the LoRA does something: the mean metric must move from scale `low` to scale `high`
+(default: identity at 0 to identity at 1.0) by at least `margin` (default 0.05, never 0: a gain of 0.0 would
+pass a LoRA that changes nothing), in the metric's direction: identity and similarity metrics must rise,
+artifact/quality scores may move either way (a LoRA that works can lower them). The values at every scale
+are in the message and in the store (LoRA name `<lora>-scale<s>`, `extra.scale`), for a metric-vs-scale plot.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from lora_harness.cases import Checkpoint
 from lora_harness.checks.cases import STRENGTH
 from lora_harness.checks.leakage import cases_for, metric_value
 from lora_harness.checks.result import CheckResult
+from lora_harness.checks.settings import StrengthDirection
+
+# Metrics that measure the person (or the prompt's content): the LoRA must raise them.
+_RISING = ("identity", "similarity", "clip", "dino")
 
 if TYPE_CHECKING:
     from lora_harness.harness import Harness
@@ -54,10 +60,33 @@ def evaluate_strength(harness: "Harness", checkpoint: Checkpoint) -> CheckResult
             "measured: use prompts that show the person's face, or another `strength.metric`"
         )
         return result
-    gain = high - low
-    rule = f"{config.metric}({config.high:g}) - {config.metric}({config.low:g}) = {high:.4f} - {low:.4f} = {gain:.4f}"
-    if gain < config.margin:
-        result.failures.append(f"{rule} < margin {config.margin} (the LoRA barely changes identity at scale {config.high:g})")
+    passed, line = strength_verdict(config.metric, low, high, low_scale=config.low, high_scale=config.high,
+                                    margin=config.margin, direction=config.direction)
+    if passed:
+        result.lines.insert(0, line)
     else:
-        result.lines.insert(0, f"{rule} >= margin {config.margin}")
+        result.failures.append(line)
     return result
+
+
+def metric_direction(metric: str, direction: StrengthDirection = "auto") -> str:
+    """`rise`, `fall` or `any`: `auto` is rise for identity/similarity metrics, any for the rest (artifacts)."""
+    if direction != "auto":
+        return direction
+    return "rise" if any(word in metric.lower() for word in _RISING) else "any"
+
+
+def strength_verdict(metric: str, low: float, high: float, *, low_scale: float, high_scale: float, margin: float,
+                     direction: StrengthDirection = "auto") -> tuple[bool, str]:
+    """(passed, the line explaining it) for the means at the low and high scale."""
+    way = metric_direction(metric, direction)
+    gain = high - low
+    rule = f"{metric}({high_scale:g}) - {metric}({low_scale:g}) = {high:.4f} - {low:.4f} = {gain:.4f}"
+    moved = {"rise": gain, "fall": -gain, "any": abs(gain)}[way]
+    shown = {"rise": rule, "fall": f"-({rule})", "any": f"|{rule}|"}[way]
+    if moved >= margin:
+        return True, f"{shown} >= margin {margin} ({metric} must {way if way != 'any' else 'change'})"
+    return False, (
+        f"{shown} < margin {margin} ({metric} must {way if way != 'any' else 'change either way'}): the LoRA barely "
+        f"changes {metric} at scale {high_scale:g}"
+    )

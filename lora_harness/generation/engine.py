@@ -14,11 +14,12 @@ import logging
 import time
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lora_harness.cases import EvalCase
-from lora_harness.generation.cache import CacheKey, GenerationLog, case_key, model_identity, save_png, stored_digest
+from lora_harness.generation.cache import CacheKey, GenerationLog, case_key, check_cached, model_identity, save_png
 from lora_harness.generation.errors import CaseGenerationError, GenerationError
 from lora_harness.generation.lora import LoraManager
 from lora_harness.generation.pipeline import GenerationWarning, Target, call_arguments, load_pipeline, resolve_target
@@ -26,6 +27,25 @@ from lora_harness.generation.settings import PipelineConfig
 from lora_harness.sources.generate import GeneratedCase
 
 log = logging.getLogger("lora_harness.generation")
+
+REFERENCE_DIRNAME = "_reference"  # base-model images a LoRA's first image is compared with
+# A LoRA whose image differs from the base model's by at most this many grey levels anywhere changes nothing.
+NO_EFFECT_MAX_DIFFERENCE = 1
+
+
+def max_pixel_difference(a: Path, b: Path) -> int | None:
+    """Largest per-channel difference in grey levels; None when the images cannot be compared (size, decode)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(a) as first, Image.open(b) as second:
+            x, y = np.asarray(first.convert("RGB"), dtype=np.int16), np.asarray(second.convert("RGB"), dtype=np.int16)
+    except (OSError, ValueError):
+        return None
+    if x.shape != y.shape:
+        return None
+    return int(np.abs(x - y).max())
 
 
 class ImageGenerator:
@@ -54,6 +74,7 @@ class ImageGenerator:
         self._warned: set[str] = set()
         self._keys: dict[GeneratedCase, CacheKey] = {}
         self._identity: dict[str, Any] | None = None
+        self._effect: dict[tuple[Path, float], str | None] = {}  # (LoRA, scale) -> "changes nothing" message or None
 
     # --- lazily built state ------------------------------------------------------------------------------------
 
@@ -126,6 +147,9 @@ class ImageGenerator:
         """
         if case.key in self._failed:
             raise CaseGenerationError(self._failed[case.key])
+        if self._effect.get((case.lora, case.lora_scale)):  # a LoRA already found to change nothing
+            self._fail([case], self._effect[(case.lora, case.lora_scale)])  # type: ignore[arg-type]
+            raise CaseGenerationError(self._failed[case.key])
         try:
             if self._ready.get(case.image_path) == self._key(case).digest:
                 return case.image_path
@@ -147,11 +171,16 @@ class ImageGenerator:
                 continue
             if self._ready.get(item.image_path) == key.digest:
                 continue  # made or checked earlier in this process
-            if stored_digest(item.image_path) == key.digest:
+            cached = check_cached(item.image_path, key.digest)
+            if cached.usable:
                 self._ready[item.image_path] = key.digest
                 self.stats["reused"] += 1
                 self.log.write("image", action="reused", case=item.key, image=str(item.image_path))
             else:
+                if cached.corrupt:  # the key matched: say why the image is made again
+                    self.stats["corrupt"] += 1
+                    log.warning("regenerating %s: %s", item.image_path, cached.reason)
+                    self.log.write("image", action="invalid", case=item.key, image=str(item.image_path), reason=cached.reason)
                 missing.append((item, key))
         groups: dict[tuple[Path | None, float], list[tuple[GeneratedCase, CacheKey]]] = {}
         for item, key in missing:
@@ -168,9 +197,73 @@ class ImageGenerator:
                     self._generate(item, key)
                 except CaseGenerationError as exc:
                     self._fail([item], str(exc))
+            if lora is not None and scale != 0 and (lora, scale) not in self._effect:
+                self._check_effect((lora, scale), todo)  # while this LoRA is active: its reference is scale 0
+        for group in {(c.lora, c.lora_scale) for c in todo if c.lora is not None and c.lora_scale != 0}:
+            if group not in self._effect:  # every image was cached: compare with the cached reference
+                self._check_effect(group, todo)  # type: ignore[arg-type]
         if case.key in self._failed:
             raise CaseGenerationError(self._failed[case.key])
         return case.image_path
+
+    # --- a LoRA that changes nothing -----------------------------------------------------------------------------
+
+    def _reference_case(self, item: GeneratedCase) -> tuple[GeneratedCase, CacheKey]:
+        """The base model's image for the case's prompt, seed and settings, cached under images/_reference/."""
+        base = replace(item, lora=None, lora_scale=1.0, image_path=Path())
+        key = self._key(base)
+        return replace(base, image_path=self.images_dir / REFERENCE_DIRNAME / f"{key.digest[:24]}.png"), key
+
+    def _reference(self, item: GeneratedCase) -> Path | None:
+        """The base-model reference of a case: cached, or generated now. With the case's LoRA active it is set to
+        scale 0 for that one image (exactly the base model: peft adds 0 x delta) and back, so a sweep's hot-swaps
+        are not interrupted; otherwise the adapters are cleared first."""
+        ref, key = self._reference_case(item)
+        if self._ready.get(ref.image_path) == key.digest or check_cached(ref.image_path, key.digest).usable:
+            self._ready[ref.image_path] = key.digest
+            return ref.image_path
+        manager = self._loras
+        try:
+            if manager is not None and manager.active is not None and manager.active.path == item.lora:
+                scale = manager.active.scale
+                manager.set_scale(0.0)
+                try:
+                    self._generate(ref, key, action="reference")
+                finally:
+                    manager.set_scale(scale)
+            else:
+                if manager is not None:
+                    manager.use(None)
+                self._generate(ref, key, action="reference")
+        except GenerationError as exc:  # no reference, no check: the cases report their own problems
+            log.warning("no base-model reference for %s (%s); its LoRA's effect is not checked", item.key, exc)
+            return None
+        return ref.image_path
+
+    def _check_effect(self, group: tuple[Path, float], todo: Sequence[GeneratedCase]) -> None:
+        """Fail every case of a (LoRA, scale) whose first good image equals the base model's (max pixel
+        difference <= NO_EFFECT_MAX_DIFFERENCE grey levels): a LoRA that changes nothing is a finding."""
+        members = [c for c in todo if (c.lora, c.lora_scale) == group]
+        if any("lora_problem" in c.extra for c in members):
+            return  # the file could not be read: its cases already carry that reason
+        item = next((c for c in members if c.key not in self._failed and self._ready.get(c.image_path)), None)
+        if item is None:
+            return  # nothing generated (all failed): nothing to compare
+        reference = self._reference(item)
+        difference = max_pixel_difference(item.image_path, reference) if reference is not None else None
+        if difference is None or difference > NO_EFFECT_MAX_DIFFERENCE:
+            self._effect[group] = None
+            return
+        lora, scale = group
+        message = (
+            f"this LoRA does not change the image: {lora.name} at scale {scale:g} gives the base model's image for "
+            f"prompt {item.prompt_id} seed {item.seed} (max pixel difference {difference} <= "
+            f"{NO_EFFECT_MAX_DIFFERENCE} grey level; base image {reference}); its weights are (near) zero or it "
+            "targets modules the model does not use at inference: check the training run and the LoRA's target modules"
+        )
+        self._effect[group] = message
+        self.log.write("lora", action="no_effect", file=str(lora), scale=scale, difference=difference)
+        self._fail([c for c in members if c.key not in self._failed], message)
 
     def _key(self, case: GeneratedCase) -> CacheKey:
         """The case's cache key, computed once per process (the LoRA file hash is memoized too)."""
@@ -184,7 +277,7 @@ class ImageGenerator:
             self.stats["failed"] += 1
             self.log.write("image", action="failed", case=item.key, error=message)
 
-    def _generate(self, case: GeneratedCase, key: CacheKey) -> None:
+    def _generate(self, case: GeneratedCase, key: CacheKey, action: str = "generated") -> None:
         import torch
 
         pipe = self.pipeline()
@@ -217,5 +310,6 @@ class ImageGenerator:
         save_png(image, case.image_path, key)
         seconds = time.perf_counter() - started
         self._ready[case.image_path] = key.digest
-        self.stats["generated"] += 1
-        self.log.write("image", action="generated", case=case.key, image=str(case.image_path), seconds=round(seconds, 4))
+        self.stats[action] += 1
+        event = "reference" if action == "reference" else "image"  # a base-model reference is not a case's image
+        self.log.write(event, action=action, case=case.key, image=str(case.image_path), seconds=round(seconds, 4))

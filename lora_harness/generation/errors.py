@@ -25,6 +25,10 @@ class LoraMismatchError(GenerationError):
     """A readable LoRA that does not fit the pipeline's model (other architecture, other widths, no match)."""
 
 
+class LoraNoEffectError(LoraMismatchError):
+    """A LoRA whose every module adds zero (all-zero weights, alpha 0): it would silently give base-model images."""
+
+
 class CaseGenerationError(GenerationError, ImageError):
     """One case's image could not be made (out of GPU memory, a bad LoRA, no pipeline); the run goes on.
 

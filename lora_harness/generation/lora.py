@@ -11,8 +11,11 @@ module's shape against the model module it targets (using diffusers' own key con
 `lora_state_dict`, which does not touch the model). After loading, the adapter must be attached.
 
 Switching: the manager keeps one active adapter. A new checkpoint of the same sweep is hot-swapped into the
-existing adapter in place (`hotswap=True`, same targets; no new layers are injected); otherwise the old
-adapter is deleted and the new one loaded under a fresh name. `clear()` deletes every adapter (the outputs
+existing adapter in place (`hotswap=True`; no new layers are injected) only when that is exact: same target
+modules, same rank per module, same alphas and same stored peft config. peft's hot-swap copies weights but
+the scaling (alpha / rank) stays the first adapter's (`set_adapters` recomputes it from the old config), which
+gave images up to 65 grey levels off for LoRAs with other alphas. Otherwise the old adapter is deleted and the
+new one loaded under a fresh name. `clear()` deletes every adapter (the outputs
 equal the base model's again), `unload()` also removes the injected LoRA layers.
 """
 
@@ -26,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from lora_harness.generation.errors import LoraFileError, LoraMismatchError
-from lora_harness.sources.generate import GenerateSourceError, check_suffix
+from lora_harness.generation.errors import LoraFileError, LoraMismatchError, LoraNoEffectError
+from lora_harness.sources.generate import GenerateSourceError, check_suffix, file_problem
 
 log = logging.getLogger("lora_harness.generation")
 
@@ -38,6 +41,8 @@ _LORA_KEY = re.compile(
 )
 _DOWN_PARTS = ("lora_A", "lora.down", "lora_down")
 _EXAMPLES = 5
+# peft config fields (as diffusers stores them in `lora_adapter_metadata`) that change a module's scaling.
+_SCALING_FIELDS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora")
 
 
 def check_lora_file(path: Path) -> dict[str, str]:
@@ -49,16 +54,9 @@ def check_lora_file(path: Path) -> dict[str, str]:
         raise LoraFileError(str(exc)) from None
     if not path.is_file():
         raise LoraFileError(f"LoRA file not found: {path}")
-    size = path.stat().st_size
-    if size == 0:
-        raise LoraFileError(f"{path}: empty file (0 bytes); the save was interrupted; re-export or re-download it")
-    with open(path, "rb") as handle:
-        head = handle.read(64)
-    if head.startswith(b"version https://git-lfs"):
-        raise LoraFileError(
-            f"{path}: a Git LFS pointer ({size} bytes), not the weights; run `git lfs pull` in its repository or "
-            "download the file itself"
-        )
+    problem = file_problem(path)  # header and size only: names truncation, pickles, LFS pointers
+    if problem:
+        raise LoraFileError(f"{path}: not a readable safetensors file: {problem}")
     from safetensors import safe_open
 
     try:
@@ -101,30 +99,69 @@ class Mismatch:
     problem: str
 
 
-def lora_modules(pipe: Any, path: Path) -> dict[str, dict[str, tuple[int, ...]]]:
-    """diffusers' own conversion of the file to `component.module -> {down, up shapes}` (the model is untouched)."""
+@dataclass(frozen=True)
+class LoraLayout:
+    """What a LoRA file puts where, as diffusers converts it (the model is untouched).
+
+    `modules`: `component.module -> {"down": shape, "up": shape}`; `alphas`: the file's per-module alpha
+    (peft/diffusers files with `.alpha` keys; kohya's alphas are folded into the weights by the converter, so
+    they are absent); `metadata`: the peft config diffusers stored in the file (`lora_adapter_metadata`), which
+    sets rank and alpha patterns. `zero_delta`: every module's up @ down (times alpha) is zero, so the LoRA
+    cannot change the image.
+    """
+
+    modules: dict[str, dict[str, tuple[int, ...]]]
+    alphas: dict[str, float]
+    metadata: str | None
+    zero_delta: bool
+
+    @property
+    def targets(self) -> frozenset[str]:
+        return frozenset(self.modules)
+
+    @property
+    def swap_signature(self) -> tuple:
+        """Everything that fixes each module's scaling besides the weights: equal signatures hot-swap exactly.
+
+        peft's hot-swap copies the new weights but its scaling comes from the adapter config it was first
+        loaded with (`set_adapters` recomputes `scale * lora_alpha / r` from the old config), so two LoRAs with
+        other alphas, ranks or stored configs must be replaced, not swapped.
+        """
+        ranks = tuple(sorted((name, shapes.get("down", (0,))[0]) for name, shapes in self.modules.items()))
+        return ranks, tuple(sorted(self.alphas.items())), self.metadata
+
+
+def lora_layout(pipe: Any, path: Path) -> LoraLayout:
+    """diffusers' own conversion of the file: targets and shapes, alphas, stored config, and a zero-delta check."""
     try:
-        result = type(pipe).lora_state_dict(str(path))
+        try:
+            result = type(pipe).lora_state_dict(str(path), return_alphas=True, return_lora_metadata=True)
+        except TypeError as exc:  # an older diffusers without return_alphas / return_lora_metadata
+            if "unexpected keyword" not in str(exc):
+                raise
+            result = type(pipe).lora_state_dict(str(path))
     except Exception as exc:  # kohya/xlabs converters raise ValueError/KeyError on keys of other architectures
-        arch = guess_architecture(raw_keys(path))
-        hint = f"it looks like {arch} LoRA; " if arch else ""
-        raise LoraMismatchError(
-            f"{path}: diffusers cannot map this LoRA onto {type(pipe).__name__} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); {hint}use a LoRA trained for this base model. Example keys: "
-            f"{', '.join(raw_keys(path)[:_EXAMPLES])}"
-        ) from None
-    state = result[0] if isinstance(result, tuple) else result
+        raise _unmappable(pipe, path, exc) from None
+    parts = list(result) if isinstance(result, tuple) else [result]
+    state = parts[0]
+    alphas_raw = parts[1] if len(parts) > 1 and isinstance(parts[1], dict) else {}
+    metadata = parts[2] if len(parts) > 2 else None
     modules: dict[str, dict[str, tuple[int, ...]]] = {}
-    unparsed: list[str] = []
-    for key, tensor in state.items():
-        if key.endswith(".alpha") or "lora_magnitude_vector" in key:
+    tensors: dict[str, dict[str, Any]] = {}
+    alphas: dict[str, float] = {}
+    for key, value in list(state.items()) + list((alphas_raw or {}).items()):
+        if key.endswith(".alpha"):
+            alphas[key[: -len(".alpha")]] = float(value)
+            continue
+        if "lora_magnitude_vector" in key:
             continue
         match = _LORA_KEY.match(key)
         if not match:
-            unparsed.append(key)
             continue
         part = "down" if match["part"] in _DOWN_PARTS else "up"
-        modules.setdefault(f"{match['component']}.{match['module']}", {})[part] = tuple(tensor.shape)
+        name = f"{match['component']}.{match['module']}"
+        modules.setdefault(name, {})[part] = tuple(value.shape)
+        tensors.setdefault(name, {})[part] = value
     if not modules:
         arch = guess_architecture(raw_keys(path))
         raise LoraMismatchError(
@@ -132,17 +169,59 @@ def lora_modules(pipe: Any, path: Path) -> dict[str, dict[str, tuple[int, ...]]]
             + (f" (it looks like {arch} LoRA)" if arch else "")
             + f"; example keys: {', '.join(raw_keys(path)[:_EXAMPLES])}"
         )
-    return modules
+    meta_text = None
+    if metadata:  # only the fields that set scaling: a sweep's saves differ in e.g. target_modules order
+        import json
+
+        scaling = {k: v for k, v in metadata.items() if k.rsplit(".", 1)[-1] in _SCALING_FIELDS}
+        meta_text = json.dumps(scaling, sort_keys=True, default=str)
+    return LoraLayout(modules, alphas, meta_text, all(_zero_delta(t, alphas.get(n)) for n, t in tensors.items()))
 
 
-def validate_lora(pipe: Any, path: Path) -> frozenset[str]:
-    """Check every LoRA module against the model before loading; returns the modules it targets.
+def _zero_delta(parts: dict[str, Any], alpha: float | None) -> bool:
+    """True when this module's LoRA adds nothing: alpha 0, or up @ down == 0.
+
+    ||up @ down||_F^2 = sum((up^T up) * (down down^T)): two rank x rank products instead of the full
+    out x in delta (a FLUX module's would be 3072 x 3072 per module, seconds per LoRA)."""
+    if alpha == 0:
+        return True
+    down, up = parts.get("down"), parts.get("up")
+    if down is None or up is None:
+        return False
+    down = down.float().reshape(down.shape[0], -1)
+    up = up.float().reshape(up.shape[0], -1)
+    if up.shape[1] != down.shape[0]:
+        return not (bool(up.any()) and bool(down.any()))
+    if not bool(up.any()) or not bool(down.any()):
+        return True
+    return not bool(((up.T @ up) * (down @ down.T)).sum() > 0)
+
+
+def _unmappable(pipe: Any, path: Path, exc: BaseException) -> LoraMismatchError:
+    arch = guess_architecture(raw_keys(path))
+    hint = f"it looks like {arch} LoRA; " if arch else ""
+    return LoraMismatchError(
+        f"{path}: diffusers cannot map this LoRA onto {type(pipe).__name__} ({type(exc).__name__}: "
+        f"{_first_line(exc)}); {hint}use a LoRA trained for this base model. Example keys: "
+        f"{', '.join(raw_keys(path)[:_EXAMPLES])}"
+    )
+
+
+def lora_modules(pipe: Any, path: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """diffusers' own conversion of the file to `component.module -> {down, up shapes}` (the model is untouched)."""
+    return lora_layout(pipe, path).modules
+
+
+def validate_lora(pipe: Any, path: Path) -> LoraLayout:
+    """Check every LoRA module against the model before loading; returns the file's layout.
 
     Errors name a few offending keys: modules the model does not have (another architecture, or keys missing
     the component prefix, which diffusers would silently ignore) and shapes that differ from the model's
-    layers (which diffusers would silently expand or zero-pad).
+    layers (which diffusers would silently expand or zero-pad), and a LoRA whose every module adds zero (all-zero
+    up or down weights, or alpha 0): it would load silently and generate the base model's images under its name.
     """
-    modules = lora_modules(pipe, path)
+    layout = lora_layout(pipe, path)
+    modules = layout.modules
     components = getattr(pipe, "components", {}) or {}
     missing: list[str] = []
     wrong: list[str] = []
@@ -162,7 +241,13 @@ def validate_lora(pipe: Any, path: Path) -> frozenset[str]:
             wrong.append(f"{name}: {problem}")
     if missing or wrong:
         raise LoraMismatchError(_mismatch_message(pipe, path, modules, missing, wrong))
-    return frozenset(modules)
+    if layout.zero_delta:
+        raise LoraNoEffectError(
+            f"{path}: this LoRA changes nothing: all {len(modules)} module(s) have a zero delta (up @ down = 0 or "
+            "alpha 0), so every image would equal the base model's; the save is broken (an untrained or "
+            "zero-initialised checkpoint, e.g. saved before the first optimizer step): use a trained checkpoint"
+        )
+    return layout
 
 
 def _shape_problem(module: Any, shapes: dict[str, tuple[int, ...]]) -> str | None:
@@ -212,7 +297,8 @@ class ActiveLora:
     path: Path
     adapter: str  # the peft adapter name (stays the same across hot-swaps)
     scale: float
-    modules: frozenset[str]  # `component.module` names it targets; hot-swap needs the same set
+    modules: frozenset[str]  # `component.module` names it targets
+    signature: tuple = ()  # LoraLayout.swap_signature: hot-swap only between equal signatures
 
 
 class LoraManager:
@@ -239,19 +325,26 @@ class LoraManager:
             self.set_scale(scale)
             return self.active
         check_lora_file(path)
-        modules = validate_lora(self.pipe, path)
+        layout = validate_lora(self.pipe, path)
+        modules, signature = layout.targets, layout.swap_signature
         started = time.perf_counter()
         mode = "load"
-        swappable = self.active is not None and self.hotswap_supported and self.active.modules == modules
+        swappable = (
+            self.active is not None and self.hotswap_supported and self.active.modules == modules
+            and self.active.signature == signature
+        )
+        if self.active is not None and self.hotswap_supported and self.active.modules == modules and not swappable:
+            log.info("%s -> %s: other ranks, alphas or stored config; replacing the adapter (a hot-swap would keep "
+                     "the old scaling)", self.active.path.name, path.name)
         if swappable and self._hotswap(path):
             mode = "hotswap"
-            self.active = ActiveLora(path, self.active.adapter, scale, modules)
+            self.active = ActiveLora(path, self.active.adapter, scale, modules, signature)
         else:
             self.clear()
             self._counter += 1
             adapter = f"lora{self._counter}_{re.sub(r'[^A-Za-z0-9_]', '_', path.stem)[:40]}"
             self._load(path, adapter)
-            self.active = ActiveLora(path, adapter, scale, modules)
+            self.active = ActiveLora(path, adapter, scale, modules, signature)
         self.pipe.set_adapters([self.active.adapter], adapter_weights=[scale])
         seconds = time.perf_counter() - started
         if mode == "hotswap":

@@ -14,7 +14,10 @@ file's inline options (`--w --h --d --s --l --g --n`), then the pipeline's own d
 
 from __future__ import annotations
 
+import json
 import re
+import struct
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -60,6 +63,7 @@ class GenerateSource(BaseModel):
     baseline: Literal["none"] | Path | None = None  # the base model ("none") or a LoRA file, same settings
     baseline_name: str | None = None  # case name of the baseline; default "base-model" or the file's name
     final_step: int | None = Field(None, ge=0)  # step of `<name>.safetensors` when it carries no metadata
+    final_kind: Literal["step", "epoch"] | None = None  # label kind of final_step (default: the sweep's kind)
 
     @field_validator("lora", mode="before")
     @classmethod
@@ -123,13 +127,23 @@ class LoraCheckpoint:
     loraname: str
     training_step: int
     step_kind: StepKind
+    # Why the file could not be read at collection (truncated, still being written, a pickle, ...): its cases
+    # are still collected, under a provisional label, and fail when generated with the loader's reason.
+    problem: str | None = None
 
 
 # --- LoRA files -> checkpoints -------------------------------------------------------------------------------
 
 
-def find_checkpoints(entries: list[Path], *, final_step: int | None = None) -> list[LoraCheckpoint]:
-    """Files and training folders as checkpoints, with their step parsed from kohya / ai-toolkit names."""
+def find_checkpoints(
+    entries: list[Path], *, final_step: int | None = None, final_kind: StepKind | None = None
+) -> list[LoraCheckpoint]:
+    """Files and training folders as checkpoints, with their step parsed from kohya / ai-toolkit names.
+
+    A final `<name>.safetensors` takes the label kind of its sweep: the numbered files listed with it, or,
+    when it is given alone (the training hook evaluates one file at a time), its siblings in the same
+    folder (names only, nothing is read), so one kohya run never mixes epoch and step labels.
+    """
     files: list[Path] = []
     for entry in entries:
         files.extend(_lora_files(entry))
@@ -140,20 +154,48 @@ def find_checkpoints(entries: list[Path], *, final_step: int | None = None) -> l
     checkpoints: dict[tuple[str, str, int], LoraCheckpoint] = {}
     for name, items in by_name.items():
         kinds = {kind for _, _, _, kind in items if kind is not None}
+        if not kinds:  # only final file(s): the folder's other checkpoints of the same name tell the kind
+            kinds = _sibling_kinds(items[0][0], name)
+        numbers = [n for _, _, n, k in items if n is not None]
         for path, _, number, kind in items:
+            problem = None
             if number is None:  # the final `<name>.safetensors`
-                number, kind = _final_step(path, sweep_kinds=kinds, final_step=final_step, alone=len(items) == 1)
-            ckpt = LoraCheckpoint(path, name, number, kind)  # type: ignore[arg-type]
+                try:
+                    number, kind = _final_step(path, sweep_kinds=kinds, final_step=final_step, alone=len(items) == 1,
+                                               final_kind=final_kind)
+                except UnreadableLoraError as exc:  # label it after the sweep; its cases fail with the reason
+                    problem = str(exc)
+                    kind = final_kind or ("epoch" if kinds == {"epoch"} else "step")
+                    number = final_step if final_step is not None else (max(numbers) + 1 if numbers else 0)
+            ckpt = LoraCheckpoint(path, name, number, kind, problem)  # type: ignore[arg-type]
             other = checkpoints.get((name, kind, number))  # type: ignore[arg-type]
             if other is not None and other.path != path:
                 if _same_weights(other.path, path):
                     continue  # kohya's last numbered save and the final file can hold the same weights
+                broken = [c for c in (other, ckpt) if file_problem(c.path)]
+                if len(broken) == 1:  # a half-written copy of the same checkpoint: the complete file serves it
+                    checkpoints[(name, kind, number)] = other if broken[0] is ckpt else ckpt  # type: ignore[index]
+                    continue
                 raise GenerateSourceError(
                     f"two different LoRA files claim {name} {kind} {number}: {other.path} and {path}; "
                     "remove one from `lora`, or set `final_step` on the source if the final file's metadata is wrong"
                 )
             checkpoints[(name, kind, number)] = ckpt  # type: ignore[index]
     return sorted(checkpoints.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step))
+
+
+def _sibling_kinds(path: Path, name: str) -> set[Any]:
+    """Label kinds of the numbered checkpoints named `name` next to `path` (file names only)."""
+    try:
+        siblings = [p for p in path.parent.iterdir() if p.suffix.lower() == ".safetensors" and p != path]
+    except OSError:
+        return set()
+    kinds = set()
+    for sibling in siblings:
+        other, number, kind = _parse_name(sibling.stem)
+        if other == name and number is not None:
+            kinds.add(kind)
+    return kinds
 
 
 def _lora_files(entry: Path) -> list[Path]:
@@ -197,34 +239,97 @@ def _parse_name(stem: str) -> tuple[str, int | None, StepKind | None]:
     return stem, None, None
 
 
+class UnreadableLoraError(GenerateSourceError):
+    """A checkpoint file that cannot be read (truncated, still being written, a pickle, an LFS pointer)."""
+
+
+# A file modified this recently may still be being written by the trainer.
+RECENT_WRITE_SECONDS = 120.0
+
+
+def file_problem(path: Path) -> str | None:
+    """What is wrong with a `.safetensors` file, read from its first bytes and header only (no tensor, no torch).
+
+    None for a complete safetensors file. Otherwise a reason a person can act on: empty, a Git LFS pointer, a
+    pickle (or torch.save zip) merely named .safetensors, or truncated (the header promises more bytes than
+    the file has), with a hint when it was modified in the last two minutes (a save still in progress).
+    """
+    try:
+        stat = path.stat()
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+            size = stat.st_size
+            if size == 0:
+                return "empty file (0 bytes); the save was interrupted or has not started writing yet" + _recent(stat)
+            if head.startswith(b"version "):
+                return f"a Git LFS pointer ({size} bytes), not the weights; run `git lfs pull` or download the file itself"
+            if head.startswith(b"PK\x03\x04") or (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+                return (
+                    "a pickle (torch.save) file named .safetensors, not safetensors; pickles can run code when loaded, "
+                    "so it is refused: convert it once in a trusted environment (safetensors.torch.save_file)"
+                )
+            if len(head) < 8:
+                return f"truncated: {size} bytes, shorter than a safetensors header" + _recent(stat)
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                return f"truncated inside its header ({size} bytes, header of {length} bytes)" + _recent(stat)
+            header = json.loads(handle.read(length))
+    except OSError as exc:
+        return f"cannot be read ({exc})"
+    except (ValueError, UnicodeDecodeError):
+        return "not a safetensors file (its header is not JSON): corrupt, or another format renamed .safetensors"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    ends = [v.get("data_offsets", [0, 0])[1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    expected = 8 + length + max(ends, default=0)
+    if size < expected:
+        return f"truncated: its header promises {expected} bytes, the file has {size}" + _recent(stat)
+    return None
+
+
+def _recent(stat: Any) -> str:
+    age = time.time() - stat.st_mtime
+    if age < RECENT_WRITE_SECONDS:
+        return f"; modified {age:.0f} s ago, so it is probably still being written: rerun when the save has finished"
+    return "; an interrupted save or download: re-export or re-download it"
+
+
 def read_metadata(path: Path) -> dict[str, str]:
     """The safetensors header metadata (kohya's `ss_*` keys), read without loading any tensor."""
     try:
         from safetensors import safe_open
     except ImportError:  # pragma: no cover - safetensors comes with the `generate` extra
         raise GenerateSourceError("generation needs the `safetensors` package: pip install 'lora-harness[generate]'") from None
+    problem = file_problem(path)
+    if problem:
+        raise UnreadableLoraError(f"{path}: cannot read the safetensors header: {problem}")
     try:
         with safe_open(str(path), framework="np") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:  # SafetensorError, OSError
-        raise GenerateSourceError(
+        raise UnreadableLoraError(
             f"{path}: cannot read the safetensors header ({exc}); the file is corrupt, truncated or still "
             "being written; re-export or re-download it, or remove it from `lora`"
         ) from None
 
 
-def _final_step(path: Path, *, sweep_kinds: set[Any], final_step: int | None, alone: bool) -> tuple[int, StepKind]:
-    """The step of a final `<name>.safetensors`: kohya's metadata, else `final_step`, else 0 for a lone file."""
+def _final_step(path: Path, *, sweep_kinds: set[Any], final_step: int | None, alone: bool,
+                final_kind: StepKind | None = None) -> tuple[int, StepKind]:
+    """The label of a final `<name>.safetensors`: `final_step` (and `final_kind`) when given, else kohya's
+    metadata in the sweep's kind (epoch files: ss_epoch; step files: ss_steps; no sweep: ss_epoch before
+    ss_steps), else 0 for a lone file."""
+    if final_step is not None:  # given: nothing needs reading
+        return final_step, final_kind or ("epoch" if sweep_kinds == {"epoch"} else "step")
     meta = read_metadata(path)
     epoch, steps = _int(meta.get("ss_epoch")), _int(meta.get("ss_steps"))
-    if final_step is not None:
-        return final_step, ("epoch" if sweep_kinds == {"epoch"} else "step")
     if sweep_kinds == {"epoch"} and epoch is not None:
         return epoch, "epoch"
-    if sweep_kinds <= {"step"} and steps is not None:
+    if sweep_kinds == {"step"} and steps is not None:
         return steps, "step"
     if not sweep_kinds and epoch is not None:
         return epoch, "epoch"
+    if not sweep_kinds and steps is not None:
+        return steps, "step"
     if alone:
         return 0, "step"
     raise GenerateSourceError(
@@ -241,14 +346,16 @@ def _int(value: str | None) -> int | None:
 
 
 def _same_weights(a: Path, b: Path) -> bool:
-    """Same tensors (names, shapes, bytes), whatever the `__metadata__` says (kohya's differs per save)."""
-    return _weights_digest(a) == _weights_digest(b)
+    """Same tensors (names, shapes, bytes), whatever the `__metadata__` says (kohya's differs per save);
+    False when either cannot be read."""
+    try:
+        return _weights_digest(a) == _weights_digest(b)
+    except (OSError, ValueError, struct.error):
+        return False
 
 
 def _weights_digest(path: Path) -> str:
     import hashlib
-    import json
-    import struct
 
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -320,7 +427,7 @@ def baseline_names(sources: Any) -> frozenset[str]:
 
 def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[GeneratedCase]:
     """One case per (checkpoint, prompt, seed), plus the baseline's cases on the same prompts and seeds."""
-    checkpoints = find_checkpoints(source.lora, final_step=source.final_step)
+    checkpoints = find_checkpoints(source.lora, final_step=source.final_step, final_kind=source.final_kind)
     if source.loraname:
         checkpoints = [replace(c, loraname=source.loraname) for c in checkpoints]
         seen: dict[tuple[str, int], Path] = {}
@@ -333,7 +440,7 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
                 )
     prompts = source_prompts(source)
     entries: list[tuple[LoraCheckpoint | None, str, dict[str, str]]] = [
-        (c, c.loraname, {}) for c in checkpoints
+        (c, c.loraname, {"lora_problem": c.problem} if c.problem else {}) for c in checkpoints
     ]
     baseline = baseline_of(source)
     if baseline is not None:
@@ -342,10 +449,11 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
             raise GenerateSourceError(
                 f"the baseline is named {name!r} like the LoRA under test; set `baseline_name` to tell them apart"
             )
-        entries.append((base, name, {"role": "baseline"}))
+        entries.append((base, name, {"role": "baseline", **({"lora_problem": base.problem} if base and base.problem else {})}))
     cases: list[GeneratedCase] = []
     for ckpt, loraname, extra in entries:
-        variant = loraname if extra else (source.name or loraname)  # a baseline is its own variant in reports
+        is_base = extra.get("role") == "baseline"
+        variant = loraname if is_base else (source.name or loraname)  # a baseline is its own variant in reports
         step, kind = (ckpt.training_step, ckpt.step_kind) if ckpt is not None else (0, "step")
         for prompt in prompts:
             seeds = source.seeds or [prompt.seed if prompt.seed is not None else DEFAULT_SEED]
