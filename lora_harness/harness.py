@@ -6,6 +6,7 @@ Scoring records each judge's scores as soon as they exist, so a later judge's cr
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names
 from lora_harness.verdicts.gates import Finding, checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Policy, Verdict
+from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
@@ -41,6 +43,7 @@ class Harness:
     ) -> None:
         self.config = config
         self.policy = Policy(config.gate.inconclusive, allow_incomplete)
+        self.stats = decision_stats(config.gate, config.stats)  # adaptive judging spends confidence over looks
         self.run_id = run_id
         self.worker = worker
         self.worker_count = worker_count
@@ -78,7 +81,7 @@ class Harness:
         check_checks_config(config, self.metrics)
         self.baseline = (
             None if config.baseline is None
-            else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=config.stats)
+            else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=self.stats)
         )
         self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
         self._scores: dict[str, dict[str, Score]] = {}
@@ -127,13 +130,13 @@ class Harness:
             mine = [c for c in self.checkpoints if c.loraname == loraname]
             means = {c: self.aggregates(c).means() for c in mine}
             values = {c: self.checkpoint_values(c) for c in mine}
-            s = self.config.stats
+            s = self.stats
             self._best[loraname] = choose_best(means, self.config.best, values=values, resamples=s.resamples, seed=s.seed)[loraname]
         return self._best[loraname]
 
     def aggregates(self, checkpoint: Checkpoint) -> CheckpointAggregates:
         """Mean, std, n and CI of every metric over the checkpoint's prompts and seeds."""
-        s = self.config.stats
+        s = self.stats
         return CheckpointAggregates(checkpoint, aggregate(self.checkpoint_values(checkpoint), confidence=s.confidence, sd_floor=s.sd_floor))
 
     def context(self) -> JudgeContext:
@@ -320,12 +323,52 @@ class Harness:
         return dict(values)
 
     def checkpoint_verdict(self, checkpoint: Checkpoint) -> tuple[Verdict, list[Finding], dict[str, list[float | None]]]:
+        """The checkpoint test's verdict; with `[gate] adaptive = true` an inconclusive gated one first gets
+        more judge repeats, in rounds (`verdicts.sequential`), until it is decided or the budget is spent."""
+        decided = self._checkpoint_verdict(checkpoint)
+        for repeats in repeat_rounds(self.config.gate)[1:]:
+            verdict, findings, _ = decided
+            undecided = {f.metric for f in findings if f.decision == "inconclusive"}
+            if not verdict.gated or verdict.decision != "inconclusive" or not self._judge_again(checkpoint, undecided, repeats):
+                break
+            decided = self._checkpoint_verdict(checkpoint)
+        return decided
+
+    def _checkpoint_verdict(self, checkpoint: Checkpoint) -> tuple[Verdict, list[Finding], dict[str, list[float | None]]]:
         values = self.checkpoint_values(checkpoint)
         verdict, findings = checkpoint_verdict(
-            values, self.config.thresholds, self.config.stats, gated=self.is_gated(checkpoint),
+            values, self.config.thresholds, self.stats, gated=self.is_gated(checkpoint),
             unavailable=self._unavailable_metrics(self.cases_of(checkpoint)),
         )
         return verdict, findings, values
+
+    def _judge_again(self, checkpoint: Checkpoint, metrics: set[str], repeats: int) -> bool:
+        """Ask the judges of `metrics` that sample (temperature > 0) for `repeats` answers per image; earlier
+        answers come from their cache. False when no such judge produces the undecided metrics."""
+        configs = {j.name: j for j in self.config.judges}
+        again = [
+            create_judge(judge.name, {**configs[judge.name].options, "repeats": repeats})
+            for judge in self.judges
+            if metrics & set(judge.metrics) and getattr(getattr(judge, "options", None), "temperature", 0) > 0
+        ]
+        if not again:
+            return False
+        cases = [c for c in self.cases_of(checkpoint) if c in self.cases]
+        items = []
+        for case in cases:
+            try:
+                items.append((case, self._decode(case)))
+            except ImageError:
+                continue  # already recorded as that image's error
+        for judge in again:
+            try:
+                results = judge_many(judge, items, self.context())
+            except Exception as exc:  # the earlier round's scores stand; the decision stays as it was
+                warnings.warn(f"lora-harness: adaptive round of {repeats} repeats for {checkpoint.key} failed: "
+                              f"{self._redactor.text(f'{type(exc).__name__}: {exc}')}", stacklevel=2)
+                return False
+            self._record(judge, [(case, scores) for (case, _), scores in zip(items, results)])
+        return True
 
     def pairwise_comparisons(self) -> list[Any]:
         """The comparisons the pair judges plan over this run's cases (candidate vs baseline checkpoint)."""

@@ -7,7 +7,8 @@ answers with scores derived from the images it was sent, so tests can predict va
 * rubric keys: the mean brightness (0..1) of the image labelled "Generated image:", rounded to 3 places;
   `person_present` is 1 when that brightness is above 0.05, else 0 (a black image "has no person");
 * pairwise: 0.5 + (brightness(B) - brightness(A)) (clipped to [0, 1]) minus `position_bias`;
-* at temperature > 0 each answer moves by a seed-dependent step in [-0.01, 0.01] (sampling noise).
+* at temperature > 0 each answer moves by a step in [-0.01, 0.01] that depends on the seed and the image
+  (sampling noise).
 
 `score_from="hash"` skips decoding (benchmarks): scores then come from a hash of the image data URL.
 Faults are queued with `add_fault` and consume matching requests in order; every request is recorded in
@@ -179,7 +180,8 @@ class FakeOpenAIServer:
     def noise(self, request: Request, key: str) -> float:
         if request.temperature <= 0:
             return 0.0
-        digest = hashlib.sha1(f"{request.seed}|{key}".encode()).digest()
+        image = request.images.get("Generated image:", "")  # each image samples its own noise, as a real judge would
+        digest = hashlib.sha1(f"{request.seed}|{key}|{image}".encode()).digest()
         return (digest[0] % 21 - 10) / 1000.0
 
     def answer(self, request: Request) -> dict[str, Any]:

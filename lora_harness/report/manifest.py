@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, ReportConfig, StatsConfig, Threshold
 from lora_harness.redact import Redactor
+from lora_harness.verdicts.sequential import decision_stats
 
 MANIFEST_NAME = "run.json"
 SCHEMA = 1
@@ -186,7 +187,7 @@ def record_session(
         ceilings=memorization_ceilings(config),
         gate=config.gate.checkpoints,
         best=config.best,
-        stats=config.stats,
+        stats=decision_stats(config.gate, config.stats),  # what verdicts were decided with
         report=config.report,
         judges={k: sorted(v) for k, v in sorted(merged_judges.items())},
         libraries=library_versions(),

@@ -20,6 +20,7 @@ from lora_harness.cases import Checkpoint, safe_id
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
 from lora_harness.verdicts.gates import checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Verdict, run_badge
+from lora_harness.verdicts.sequential import decision_stats
 from lora_harness.judges.base import Score
 from lora_harness.models import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
@@ -52,7 +53,7 @@ class Rules:
 
     @classmethod
     def of(cls, config: EvalConfig) -> "Rules":
-        return cls(dict(config.thresholds), config.gate.checkpoints, config.best, config.stats,
+        return cls(dict(config.thresholds), config.gate.checkpoints, config.best, decision_stats(config.gate, config.stats),
                    baselines=baseline_names(config.sources), ceilings=memorization_ceilings(config))
 
     @classmethod

@@ -11,6 +11,8 @@ and checked by simulation in `benchmarks/verdict_stability.py`.
 
 from __future__ import annotations
 
+from lora_harness.config import GateConfig, StatsConfig
+
 
 def planned_rounds(start: int, budget: int) -> list[int]:
     """The evidence size at each look: start, then doubling, capped at the budget (which is always a look)."""
@@ -25,3 +27,15 @@ def planned_rounds(start: int, budget: int) -> list[int]:
 def look_confidence(confidence: float, looks: int) -> float:
     """The two-sided confidence each of `looks` planned looks decides at (Bonferroni over the looks)."""
     return 1.0 - (1.0 - confidence) / max(1, looks)
+
+
+def repeat_rounds(gate: GateConfig) -> list[int]:
+    """Judge repeats per image at each look of adaptive judging (1, 2, 4, ... up to `max_repeats`)."""
+    return planned_rounds(1, gate.max_repeats) if gate.adaptive else [1]
+
+
+def decision_stats(gate: GateConfig, stats: StatsConfig) -> StatsConfig:
+    """The interval settings checkpoint verdicts are decided with: with adaptive judging every look (the
+    first one too, and the report's recomputation) uses the spent confidence, so all agree."""
+    looks = len(repeat_rounds(gate))
+    return stats if looks == 1 else stats.model_copy(update={"confidence": look_confidence(stats.confidence, looks)})
