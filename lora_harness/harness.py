@@ -18,6 +18,7 @@ from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks.cases import expand_check_cases
 from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names
+from lora_harness.stale_sections import stale_sections, without_stale
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.redact import Redactor
@@ -35,12 +36,23 @@ if TYPE_CHECKING:
 
 
 class Harness:
-    def __init__(self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1) -> None:
+    def __init__(
+        self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1,
+        drop_stale: bool = False,
+    ) -> None:
+        """`drop_stale`: the sources came from the command line (`--lora-samples`), so sections naming
+        LoRAs of the config's own sources are skipped with a note (`self.notes`) instead of failing."""
         self.config = config
         self.run_id = run_id
         self.worker = worker
         self.worker_count = worker_count
         self.cases = collect_cases(config)
+        self.notes: list[str] = []
+        if drop_stale:
+            stale = stale_sections(config, {c.loraname for c in self.cases} | {c.variant for c in self.cases if c.variant})
+            if stale:
+                config = self.config = without_stale(config, stale)
+                self.notes = [s.note for s in stale]
         # Leakage / strength images (lora_harness.checks): judged and stored, but not under the thresholds.
         self.check_cases = expand_check_cases(self.cases, config)
         self.checkpoints = sorted(
@@ -158,6 +170,10 @@ class Harness:
             while len(self._images) > 4:
                 self._images.popitem(last=False)
         return self._images[key]
+
+    def known_scores(self, case: EvalCase) -> dict[str, Score]:
+        """The case's scores this process already has (never judges): for reporting after a test."""
+        return dict(self._scores.get(case.key, {}))
 
     def score(self, case: EvalCase) -> dict[str, Score]:
         """All metrics of a case: from this process, else this run's store (another worker), else judged now.

@@ -31,10 +31,10 @@ class Shard:
     def parse(cls, text: str) -> "Shard":
         match = _SPEC.match(text or "")
         if not match:
-            raise ShardError(f"--shard {text!r}: expected i/N, e.g. --shard 1/4 for the first of four machines")
+            raise ShardError(f"--lora-shard {text!r}: expected i/N, e.g. --lora-shard 1/4 for the first of four machines")
         index, count = int(match[1]), int(match[2])
         if count < 1 or not 1 <= index <= count:
-            raise ShardError(f"--shard {text!r}: i must be between 1 and N (N >= 1), e.g. 1/{max(count, 1)}")
+            raise ShardError(f"--lora-shard {text!r}: i must be between 1 and N (N >= 1), e.g. 1/{max(count, 1)}")
         return cls(index, count)
 
     def __str__(self) -> str:
