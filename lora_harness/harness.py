@@ -17,13 +17,13 @@ from lora_harness.best_checkpoint import BestChoice, check_best_config, choose_b
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks.cases import expand_check_cases
 from lora_harness.checks.validate import check_checks_config
-from lora_harness.config import ConfigError, EvalConfig, check_metric_names
+from lora_harness.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
 from lora_harness.stale_sections import stale_sections, without_stale
 from lora_harness.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
-from lora_harness.judges.base import error_scores, judge_many
+from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
 from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
@@ -41,7 +41,16 @@ class Harness:
         drop_stale: bool = False,
     ) -> None:
         """`drop_stale`: the sources came from the command line (`--lora-samples`), so sections naming
-        LoRAs of the config's own sources are skipped with a note (`self.notes`) instead of failing."""
+        LoRAs of the config's own sources are skipped with a note (`self.notes`) instead of failing.
+
+        Every config mistake found here (they need the cases or the judges, so pydantic cannot see them)
+        is raised naming the config file, as the schema errors are."""
+        try:
+            self._build(config, run_id=run_id, worker=worker, worker_count=worker_count, drop_stale=drop_stale)
+        except ValueError as exc:  # ConfigError, SampleFolderError, PromptFileError, a judge's option error
+            raise in_config_file(exc, config) from None
+
+    def _build(self, config: EvalConfig, *, run_id: str, worker: str, worker_count: int, drop_stale: bool) -> None:
         self.config = config
         self.run_id = run_id
         self.worker = worker
@@ -72,9 +81,10 @@ class Harness:
             unknown = sorted(set(config.gate.checkpoints) - steps)
             if unknown:
                 raise ConfigError(
-                    f"gate.checkpoints lists step(s) {unknown} that no source has; steps found: {sorted(steps)}"
+                    f"gate.checkpoints lists step(s) {unknown} that no source has; steps found: {sorted(steps)}; "
+                    "list some of those, or use \"latest\", \"all\" or \"best\""
                 )
-        judges = [create_judge(j.name, j.options) for j in config.judges]
+        judges = [_create_judge(index, j.name, j.options) for index, j in enumerate(config.judges)]
         # Pair judges (`compare_batch`, e.g. llm_pairwise) score two images at once: comparisons, not cases.
         self.judges: list[Judge] = [j for j in judges if not hasattr(j, "compare_batch")]
         self.pair_judges: list[Any] = [j for j in judges if hasattr(j, "compare_batch")]
@@ -83,6 +93,13 @@ class Harness:
         check_best_config(config.best, self.metrics)
         check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
         check_checks_config(config, self.metrics)
+        names = sorted({c.loraname for c in self.checkpoints})
+        if config.baseline is not None and config.baseline.lora is not None and config.baseline.lora not in names:
+            raise ConfigError(
+                f"baseline.lora = {config.baseline.lora!r}: not a LoRA of this run"
+                f"{did_you_mean(config.baseline.lora, names)}; LoRAs found: {', '.join(names)}; "
+                "name one of them, or remove [baseline]"
+            )
         self.baseline = (
             None if config.baseline is None
             else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=config.stats)
@@ -103,8 +120,10 @@ class Harness:
         unknown = sorted(set(self.config.thresholds) - set(self.metrics))
         if unknown:
             raise ConfigError(
-                f"thresholds for metric(s) {', '.join(unknown)} that no configured judge produces; "
-                f"the judges produce: {', '.join(self.metrics)}"
+                f"thresholds for metric(s) {', '.join(unknown)} that no configured judge produces: "
+                + "; ".join(f"[thresholds.{name}]{did_you_mean(name, self.metrics)}" for name in unknown)
+                + f"; the judges produce: {', '.join(self.metrics)}; rename the table, or add the [[judges]] entry "
+                "that produces the metric"
             )
 
     def cases_of(self, checkpoint: Checkpoint) -> list[EvalCase]:
@@ -343,3 +362,23 @@ class Harness:
             if score.value is None and score.error is None and UNAVAILABLE_KEY in score.raw
         }
 
+
+def _create_judge(index: int, name: str, options: dict[str, Any]) -> Any:
+    """A judge from `judges[index]`; its errors name the entry, as `judges[2] (name = "clip_score"): ...`."""
+    try:
+        return create_judge(name, options)
+    except (ValueError, TypeError) as exc:
+        key = f"judges[{index}].name" if isinstance(exc, UnknownJudgeError) else f"judges[{index}].options"
+        raise ConfigError(f"{key} (name = {name!r}): {exc}") from None
+
+
+def in_config_file(exc: ValueError, config: EvalConfig) -> ValueError:
+    """The same kind of error with the config file in front (unless the message names it already)."""
+    where = str(config.path) if config.path is not None else None
+    message = str(exc)
+    if where is None or message.startswith(where):
+        return exc
+    try:
+        return type(exc)(f"{where}: {message}")
+    except TypeError:  # an exception class with its own constructor
+        return ConfigError(f"{where}: {message}")
