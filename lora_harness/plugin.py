@@ -82,6 +82,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--lora-set", metavar="KEY=JSON", action="append", default=None,
         help="override a config key with a JSON value, e.g. sources='[...]' (repeatable; used by `lora-harness eval-checkpoint`)",
     )
+    group.addoption(
+        "--lora-allure-full-images", action="store_true", default=False,
+        help="with --alluredir: attach each full-size image instead of a JPEG thumbnail",
+    )
     for flag, dest in LEGACY_OPTIONS.items():
         group.addoption(
             flag, dest=f"legacy_{dest}", action="append" if dest == "samples" else "store", default=None,
@@ -484,10 +488,15 @@ def _attach_allure(item: pytest.Item) -> None:
 
     state = _state(item.config)
     try:
+        lora_allure.stable_parameters(item, ("lora_case", "lora_checkpoint"))
         case, checkpoint = _param(item, "lora_case"), _param(item, "lora_checkpoint")
         if isinstance(case, EvalCase):
             wants_scores = {"lora_scores", "lora_gate"} & set(getattr(item, "fixturenames", ()))
-            lora_allure.attach_case(case, state.harness().score(case) if wants_scores else None)
+            lora_allure.attach_case(
+                case, state.harness().score(case) if wants_scores else None,
+                thumbnail_px=state.harness().config.report.thumbnail_px,
+                full_image=bool(item.config.getoption("lora_allure_full_images", False)),
+            )
         elif isinstance(checkpoint, Checkpoint):
             lora_allure.attach_checkpoint(checkpoint, state.harness().checkpoint_findings(checkpoint)[1])
     except Exception as exc:  # an attachment problem must never change a test's outcome
