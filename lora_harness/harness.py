@@ -58,7 +58,7 @@ class Harness:
         self.cases = collect_cases(config)
         self.notes: list[str] = []
         if drop_stale:
-            stale = stale_sections(config, {c.loraname for c in self.cases} | {c.variant for c in self.cases if c.variant})
+            stale = stale_sections(config, {c.loraname for c in self.cases}, {c.variant for c in self.cases if c.variant})
             if stale:
                 config = self.config = without_stale(config, stale)
                 self.notes = [s.note for s in stale]

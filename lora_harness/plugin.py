@@ -34,6 +34,7 @@ from lora_harness.sources.samples import SampleFolderError
 from lora_harness.stats import CheckpointAggregates
 from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
 from lora_harness.progress import PhaseProgress
+from lora_harness.redact import Redactor
 from lora_harness.prompts import PromptFileError
 from lora_harness.report.manifest import now_iso
 from lora_harness import sharding
@@ -81,6 +82,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--lora-set", metavar="KEY=JSON", action="append", default=None,
         help="override a config key with a JSON value, e.g. sources='[...]' (repeatable; used by `lora-harness eval-checkpoint`)",
+    )
+    group.addoption(
+        "--lora-summary-md", metavar="PATH",
+        help="append a short Markdown verdict (badge word, gated checkpoints, failing metrics, report link) to "
+        "PATH, e.g. \"$GITHUB_STEP_SUMMARY\" or a file for a merge-request comment",
+    )
+    group.addoption(
+        "--lora-report-url", metavar="URL",
+        help="link the Markdown summary to this URL (e.g. the CI artifact) instead of the report's relative path",
     )
     group.addoption(
         "--lora-allure-full-images", action="store_true", default=False,
@@ -709,6 +719,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state.config_errors:
         # pytest's usage-error code under any -n: CI can tell a broken config from a failed gate (1).
         session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        _write_summary_md(config, None, int(session.exitstatus))
         return
     if config.option.collectonly:  # nothing was judged: no CSVs, no report
         return
@@ -718,6 +729,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         except OSError as exc:  # the scores themselves are already safe in scores/*.jsonl
             config.stash.setdefault(_REPORT_ERRORS, []).append(f"{run_dir}: could not write CSV: {exc}")
         _write_run_report(config, run_dir, int(session.exitstatus))
+        _write_summary_md(config, run_dir, int(session.exitstatus))
+
+
+def _write_summary_md(config: pytest.Config, run_dir: Path | None, exit_status: int) -> None:
+    """`--lora-summary-md`: the Markdown verdict for CI; a failure is reported, never raised."""
+    target = config.getoption("lora_summary_md", None)
+    if not target:
+        return
+    from lora_harness.report import summary_md
+
+    state = _state(config)
+    path = Path(target)
+    try:
+        verdict = summary_md.run_verdict(run_dir) if run_dir is not None else None
+        report = config.stash.get(_REPORT_PATHS, {}).get(run_dir) if run_dir is not None else None
+        title = run_dir.name if run_dir is not None else "configuration error"
+        text = summary_md.render_summary(
+            title, verdict, exit_status=exit_status,
+            report_link=summary_md.report_link(report, path, config.getoption("lora_report_url", None)),
+            errors=state.config_errors,
+        )
+        summary_md.write_summary(path, Redactor().text(text))
+    except Exception as exc:  # never hide the test results
+        config.stash.setdefault(_REPORT_ERRORS, []).append(f"could not write {path}: {type(exc).__name__}: {exc}")
 
 
 _REPORT_ERRORS = pytest.StashKey[list]()

@@ -25,19 +25,21 @@ class StaleSection:
     note: str
 
 
-def stale_sections(config: EvalConfig, names: Iterable[str]) -> list[StaleSection]:
-    """Sections naming a LoRA (or source) that is not among `names` (the LoRA and source names of the run)."""
-    present = set(names)
+def stale_sections(config: EvalConfig, loranames: Iterable[str], source_names: Iterable[str] = ()) -> list[StaleSection]:
+    """Sections naming a LoRA that is not among `loranames`, or (pair judges, which may name a source)
+    among `source_names` either."""
+    loras = set(loranames)
+    present = loras | set(source_names)
     found: list[StaleSection] = []
     baseline = config.baseline
     if baseline is not None and baseline.lora is not None:
-        if baseline.lora not in present:
+        if baseline.lora not in loras:
             found.append(StaleSection(
                 "baseline.lora", None,
                 f"[baseline] skipped: lora = {baseline.lora!r} is not among the LoRAs of --lora-samples "
-                f"({', '.join(sorted(present)) or 'none'})",
+                f"({', '.join(sorted(loras)) or 'none'})",
             ))
-        elif len(present - {baseline.lora}) == 0:
+        elif len(loras - {baseline.lora}) == 0:
             found.append(StaleSection(
                 "baseline.lora", None,
                 f"[baseline] skipped: lora = {baseline.lora!r} is the only LoRA of --lora-samples; nothing to compare",

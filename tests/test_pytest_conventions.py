@@ -127,3 +127,22 @@ def test_collect_only_writes_nothing(pytester: pytest.Pytester) -> None:
 def test_scope_comes_from_the_parameter_id(nodeid: str, expected: str) -> None:
     assert scope_for(nodeid, {"lora-a-step000200-p00": "G1"}) == expected
     assert param_id("a.py::t[b[c]]") == "b[c]"
+
+
+def test_stale_sections_only_with_names_absent_or_a_single_lora(tmp_path: Path) -> None:
+    from lora_harness.config import parse_config
+    from lora_harness.stale_sections import stale_sections, without_stale
+
+    config = parse_config(
+        {"sources": [{"path": "x"}], "baseline": {"lora": "r4"},
+         "judges": [{"name": "image_stats"}, {"name": "llm_pairwise", "options": {"baseline": "r4@800", "candidate": "r32"}}]},
+        base_dir=tmp_path,
+    )
+    assert stale_sections(config, {"r4", "r32"}, {"sample"}) == []
+    only = stale_sections(config, {"r4"}, {"sample"})  # a source name is no second LoRA for [baseline]
+    assert [s.key for s in only] == ["baseline.lora", "judges[1].options.candidate"]
+    assert "only LoRA" in only[0].note
+    other = stale_sections(config, {"mine"})
+    assert [s.key for s in other] == ["baseline.lora", "judges[1].options.baseline"]
+    reduced = without_stale(config, other)
+    assert reduced.baseline is None and [j.name for j in reduced.judges] == ["image_stats"]
