@@ -29,10 +29,10 @@ def node_ids(result: pytest.RunResult) -> set[str]:
     return set(re.findall(r"(test_lora\.py::test_\w+\[[^\]]+\])", result.stdout.str()))
 
 
-def test_node_ids_and_junit_names_are_the_same_for_n0_and_n2(pytester: pytest.Pytester) -> None:
+def test_node_ids_and_junit_names_are_the_same_for_n0_and_n4(pytester: pytest.Pytester) -> None:
     write_suite(pytester.path)
     serial = run(pytester, "-v", "--lora-run-name", "s", "--junitxml", "serial.xml")
-    parallel = run(pytester, "-v", "--lora-run-name", "p", "-n", "2", "--junitxml", "parallel.xml")
+    parallel = run(pytester, "-v", "--lora-run-name", "p", "-n", "4", "--junitxml", "parallel.xml")
     serial.assert_outcomes(passed=8, xfailed=24)
     parallel.assert_outcomes(passed=8, xfailed=24)
     assert "@" not in parallel.stdout.str().split("short test summary")[0].replace("@pytest", "")
