@@ -224,7 +224,10 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> EvalConf
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        try:
+            _set_dotted(data, dotted, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return parse_config(data, base_dir=path.parent.resolve(), source=path)
 
 
