@@ -334,7 +334,9 @@ def _scope_map(state: PluginState) -> dict[str, str]:
 
     Empty when the config cannot be loaded here: the workers then report the error."""
     try:
-        harness = state.harness()
+        with warnings.catch_warnings():  # the workers collect too, and their warnings reach the summary
+            warnings.simplefilter("ignore")
+            harness = state.harness()
         groups = xdist_groups(harness)
         scopes: dict[str, str] = {}
         for p in _parametrizations(harness, _PARAMETRIZED):
