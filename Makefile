@@ -25,7 +25,7 @@ define run_pytest
 endef
 
 eval: $(STAMP)
-	$(call run_pytest,evals -n 4 -rxX $(PYTEST_ARGS))
+	$(call run_pytest,evals -n auto -rxX $(PYTEST_ARGS))
 
 test: $(STAMP) browser
 	$(call run_pytest,tests -n 2 $(PYTEST_ARGS))

@@ -1,6 +1,6 @@
 """The eval suite: one test per image and one per checkpoint, parametrized from evals/lora_eval.toml.
 
-Run `pytest evals -n 4`. Failing thresholds fail gated checkpoints and are reported as xfail elsewhere.
+Run `pytest evals -n auto`. Failing thresholds fail gated checkpoints and are reported as xfail elsewhere.
 """
 
 

@@ -49,8 +49,8 @@ def _agreement(args: argparse.Namespace) -> int:
 
 
 def _hook_extra(args: argparse.Namespace) -> list[str]:
-    extra = ["--run-name", args.run_name] if args.run_name else []
-    extra += ["--report-dir", args.report_dir] if args.report_dir else []
+    extra = ["--lora-run-name", args.run_name] if args.run_name else []
+    extra += ["--lora-report-dir", args.report_dir] if args.report_dir else []
     return extra + list(args.pytest_args or [])
 
 

@@ -211,14 +211,21 @@ class EvalConfig(_Model):
         return self.run.report_dir / self.run.name
 
 
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` for the closest choice, or nothing: one wording for every misspelt name."""
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def check_metric_names(key: str, names: Iterable[str], produced: Sequence[str]) -> None:
     """Metric names in a section (`best.weights`, `snapshot.tolerances`, ...) must be ones the judges produce:
     a typo would otherwise silently weigh, tolerate or compare nothing."""
     unknown = sorted(set(names) - set(produced))
     if unknown:
         raise ConfigError(
-            f"{key} names metric(s) {', '.join(unknown)} that no configured judge produces; "
-            f"the judges produce: {', '.join(produced)}"
+            f"{key} names metric(s) {', '.join(unknown)} that no configured judge produces: "
+            + "; ".join(f"{key}.{name}{did_you_mean(name, produced)}" for name in unknown)
+            + f"; the judges produce: {', '.join(produced)}; fix the name, or add the [[judges]] entry that produces it"
         )
 
 
@@ -235,7 +242,10 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> EvalConf
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value)
+        try:
+            _set_dotted(data, dotted, value)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     return parse_config(data, base_dir=path.parent.resolve(), source=path)
 
 

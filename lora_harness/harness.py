@@ -18,14 +18,15 @@ from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config,
 from lora_harness.cases import Checkpoint, EvalCase
 from lora_harness.checks.cases import expand_check_cases
 from lora_harness.checks.validate import check_checks_config
-from lora_harness.config import ConfigError, EvalConfig, check_metric_names
+from lora_harness.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
+from lora_harness.stale_sections import stale_sections, without_stale
 from lora_harness.verdicts.gates import Finding, checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
-from lora_harness.judges.base import error_scores, judge_many
+from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
 from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
@@ -39,7 +40,22 @@ if TYPE_CHECKING:
 
 class Harness:
     def __init__(
-        self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1, allow_incomplete: bool = False
+        self, config: EvalConfig, *, run_id: str, worker: str = "main", worker_count: int = 1,
+        drop_stale: bool = False, allow_incomplete: bool = False,
+    ) -> None:
+        """`drop_stale`: the sources came from the command line (`--lora-samples`), so sections naming
+        LoRAs of the config's own sources are skipped with a note (`self.notes`) instead of failing.
+
+        Every config mistake found here (they need the cases or the judges, so pydantic cannot see them)
+        is raised naming the config file, as the schema errors are."""
+        try:
+            self._build(config, run_id=run_id, worker=worker, worker_count=worker_count, drop_stale=drop_stale,
+                        allow_incomplete=allow_incomplete)
+        except ValueError as exc:  # ConfigError, SampleFolderError, PromptFileError, a judge's option error
+            raise in_config_file(exc, config) from None
+
+    def _build(
+        self, config: EvalConfig, *, run_id: str, worker: str, worker_count: int, drop_stale: bool, allow_incomplete: bool
     ) -> None:
         self.config = config
         self.policy = Policy(config.gate.inconclusive, allow_incomplete)
@@ -48,6 +64,12 @@ class Harness:
         self.worker = worker
         self.worker_count = worker_count
         self.cases = collect_cases(config)
+        self.notes: list[str] = []
+        if drop_stale:
+            stale = stale_sections(config, {c.loraname for c in self.cases}, {c.variant for c in self.cases if c.variant})
+            if stale:
+                config = self.config = without_stale(config, stale)
+                self.notes = [s.note for s in stale]
         # Leakage / strength images (lora_harness.checks): judged and stored, but not under the thresholds.
         self.check_cases = expand_check_cases(self.cases, config)
         self.checkpoints = sorted(
@@ -67,9 +89,10 @@ class Harness:
             unknown = sorted(set(config.gate.checkpoints) - steps)
             if unknown:
                 raise ConfigError(
-                    f"gate.checkpoints lists step(s) {unknown} that no source has; steps found: {sorted(steps)}"
+                    f"gate.checkpoints lists step(s) {unknown} that no source has; steps found: {sorted(steps)}; "
+                    "list some of those, or use \"latest\", \"all\" or \"best\""
                 )
-        judges = [create_judge(j.name, j.options) for j in config.judges]
+        judges = [_create_judge(index, j.name, j.options) for index, j in enumerate(config.judges)]
         # Pair judges (`compare_batch`, e.g. llm_pairwise) score two images at once: comparisons, not cases.
         self.judges: list[Judge] = [j for j in judges if not hasattr(j, "compare_batch")]
         self.pair_judges: list[Any] = [j for j in judges if hasattr(j, "compare_batch")]
@@ -79,6 +102,13 @@ class Harness:
         if config.snapshot is not None:
             check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
         check_checks_config(config, self.metrics)
+        names = sorted({c.loraname for c in self.checkpoints})
+        if config.baseline is not None and config.baseline.lora is not None and config.baseline.lora not in names:
+            raise ConfigError(
+                f"baseline.lora = {config.baseline.lora!r}: not a LoRA of this run"
+                f"{did_you_mean(config.baseline.lora, names)}; LoRAs found: {', '.join(names)}; "
+                "name one of them, or remove [baseline]"
+            )
         self.baseline = (
             None if config.baseline is None
             else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=self.stats)
@@ -102,8 +132,10 @@ class Harness:
         unknown = sorted(set(self.config.thresholds) - set(self.metrics))
         if unknown:
             raise ConfigError(
-                f"thresholds for metric(s) {', '.join(unknown)} that no configured judge produces; "
-                f"the judges produce: {', '.join(self.metrics)}"
+                f"thresholds for metric(s) {', '.join(unknown)} that no configured judge produces: "
+                + "; ".join(f"[thresholds.{name}]{did_you_mean(name, self.metrics)}" for name in unknown)
+                + f"; the judges produce: {', '.join(self.metrics)}; rename the table, or add the [[judges]] entry "
+                "that produces the metric"
             )
 
     def cases_of(self, checkpoint: Checkpoint) -> list[EvalCase]:
@@ -168,6 +200,10 @@ class Harness:
             while len(self._images) > 4:
                 self._images.popitem(last=False)
         return self._images[key]
+
+    def known_scores(self, case: EvalCase) -> dict[str, Score]:
+        """The case's scores this process already has (never judges): for reporting after a test."""
+        return dict(self._scores.get(case.key, {}))
 
     def score(self, case: EvalCase) -> dict[str, Score]:
         """All metrics of a case: from this process, else this run's store (another worker), else judged now.
@@ -243,21 +279,26 @@ class Harness:
             self._generator = self._generators[None]
         return self._generators[device]
 
-    def generation_groups(self) -> dict[str, str]:
-        """Checkpoint xdist group -> device, when more workers than devices share generation (else empty)."""
+    def generation_groups(self, worker_count: int | None = None) -> dict[str, str]:
+        """Checkpoint xdist group -> device, when more workers than devices share generation (else empty).
+        `worker_count`: plan for that many workers (the controller's scheduler) instead of this run's."""
+        if worker_count is not None and worker_count != self.worker_count:
+            return self._plan_generation(worker_count)
         if self._generation_groups is None:
-            self._generation_groups = {}
-            generated = {Checkpoint.of(c) for c in self.cases if isinstance(c, GeneratedCase)}
-            if generated and self.worker_count > 1:
-                from lora_harness.generation.devices import device_groups, visible_devices
-                from lora_harness.targets import xdist_groups
-
-                self._groups = xdist_groups(self)
-                self._generation_groups = device_groups(
-                    {self._groups[c] for c in generated if c in self._groups}, visible_devices(self.config.pipeline),
-                    self.worker_count,
-                )
+            self._generation_groups = self._plan_generation(self.worker_count)
         return self._generation_groups
+
+    def _plan_generation(self, worker_count: int) -> dict[str, str]:
+        generated = {Checkpoint.of(c) for c in self.cases if isinstance(c, GeneratedCase)}
+        if not generated or worker_count <= 1:
+            return {}
+        from lora_harness.generation.devices import device_groups, visible_devices
+        from lora_harness.targets import xdist_groups
+
+        self._groups = xdist_groups(self)
+        return device_groups(
+            {self._groups[c] for c in generated if c in self._groups}, visible_devices(self.config.pipeline), worker_count,
+        )
 
     def _generation_device(self, case: GeneratedCase) -> str | None:
         """The device whose worker generates this case when workers share devices; None: this worker's own."""
@@ -419,3 +460,23 @@ class Harness:
             if score.value is None and score.error is None and UNAVAILABLE_KEY in score.raw
         }
 
+
+def _create_judge(index: int, name: str, options: dict[str, Any]) -> Any:
+    """A judge from `judges[index]`; its errors name the entry, as `judges[2] (name = "clip_score"): ...`."""
+    try:
+        return create_judge(name, options)
+    except (ValueError, TypeError) as exc:
+        key = f"judges[{index}].name" if isinstance(exc, UnknownJudgeError) else f"judges[{index}].options"
+        raise ConfigError(f"{key} (name = {name!r}): {exc}") from None
+
+
+def in_config_file(exc: ValueError, config: EvalConfig) -> ValueError:
+    """The same kind of error with the config file in front (unless the message names it already)."""
+    where = str(config.path) if config.path is not None else None
+    message = str(exc)
+    if where is None or message.startswith(where):
+        return exc
+    try:
+        return type(exc)(f"{where}: {message}")
+    except TypeError:  # an exception class with its own constructor
+        return ConfigError(f"{where}: {message}")

@@ -6,6 +6,7 @@ can be broken (empty, truncated, not an image, a decompression bomb, an odd mode
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -19,8 +20,35 @@ class ImageError(ValueError):
     pass
 
 
+def allow_pixels(pixel_limit: int) -> None:
+    """Make Pillow's own guard (`Image.MAX_IMAGE_PIXELS`, ~89 MP) at least `pixel_limit`.
+
+    Pillow checks the header size inside `Image.open`, before our check, so without this
+    `run.image_pixel_limit` could not be raised above Pillow's limit, and a huge header got Pillow's
+    message instead of ours. Only ever raised: a lower limit of another caller in the process stays safe
+    because every load also applies its own limit.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and current < pixel_limit:
+        Image.MAX_IMAGE_PIXELS = pixel_limit
+
+
+def oversize_message(path: Path, pixel_limit: int, *, size: tuple[int, int] | None = None, pixels: int | None = None) -> str:
+    """One wording for every image over the limit, whoever noticed (our check or Pillow's guard)."""
+    what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else f"{pixels:,} pixels" if pixels else "its size"
+    return (
+        f"{path}: {what} exceeds the limit of {pixel_limit:,}; raise `run.image_pixel_limit` if the image is genuine"
+    )
+
+
+def bomb_pixels(exc: BaseException) -> int | None:
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(match[1]) if match else None
+
+
 def load_rgb(path: Path, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarray:
     """Decode `path` into an (H, W, 3) uint8 array; alpha is composited on white, 16-bit scaled down."""
+    allow_pixels(pixel_limit)
     if not path.is_file():
         raise ImageError(f"{path}: image file not found")
     if path.stat().st_size == 0:
@@ -31,10 +59,7 @@ def load_rgb(path: Path, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarra
             with Image.open(path) as img:
                 width, height = img.size
                 if width * height > pixel_limit:
-                    raise ImageError(
-                        f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
-                        f"{pixel_limit:,}; raise `run.image_pixel_limit` if the image is genuine"
-                    )
+                    raise ImageError(oversize_message(path, pixel_limit, size=(width, height)))
                 img.load()
                 return _to_rgb(img)
     except ImageError:
@@ -42,7 +67,7 @@ def load_rgb(path: Path, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> np.ndarra
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image (unknown format despite the suffix)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: refused as a possible decompression bomb: {exc}") from None
+        raise ImageError(oversize_message(path, pixel_limit, pixels=bomb_pixels(exc))) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"{path}: cannot decode image ({exc}); the file is truncated or corrupt") from None
 

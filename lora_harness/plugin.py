@@ -6,6 +6,7 @@ installs the package, and stays inert until a test asks for `lora_case` or `lora
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import re
 import shlex
@@ -27,12 +28,13 @@ from lora_harness.verdicts.gate_check import VERDICT_PROPERTY, Gate, Unjudged, c
 from lora_harness.harness import Harness
 from lora_harness.judges import JudgeContext, Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
-from lora_harness.report.csv import write_score_csvs
+from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.generate import GenerateSource
 from lora_harness.sources.samples import SampleFolderError
 from lora_harness.verdicts.stats import CheckpointAggregates
 from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
 from lora_harness.progress import PhaseProgress
+from lora_harness.redact import Redactor
 from lora_harness.prompts import PromptFileError
 from lora_harness.report.manifest import now_iso
 from lora_harness import sharding
@@ -44,28 +46,40 @@ from lora_harness.summary import format_table, verdict_line
 
 RUN_DIR_KEY = "lora_harness_run_dir"
 RUN_ID_KEY = "lora_harness_run_id"
-LOADGROUP_KEY = "lora_harness_loadgroup"
+NOTES_KEY = "lora_harness_notes"
+CONFIG_ERRORS_KEY = "lora_harness_config_errors"
 USER_ERRORS = (ConfigError, SampleFolderError, PromptFileError, ValueError)
 PROGRESS_KEY = "lora_harness_progress"
 CHECKPOINTS_KEY = "lora_harness_checkpoints"
 
 
+# Old, unprefixed spellings: accepted (hidden from --help) for one release, with a deprecation note.
+LEGACY_OPTIONS = {"--report-dir": "report_dir", "--run-name": "run_name", "--gate": "gate", "--samples": "samples", "--shard": "shard"}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("lora-harness", "LoRA evaluation (lora-harness)")
     group.addoption("--lora-config", metavar="PATH", help="eval config TOML (default: ini lora_config, evals/lora_eval.toml)")
-    group.addoption("--report-dir", metavar="DIR", help="override run.report_dir: where reports/<run>/ is written")
-    group.addoption("--run-name", metavar="NAME", help="override run.name")
-    group.addoption("--gate", metavar="SPEC", help="override gate.checkpoints: latest, all, best, or steps such as 800,1000")
+    group.addoption("--lora-report-dir", dest="report_dir", metavar="DIR", help="override run.report_dir: where reports/<run>/ is written")
+    group.addoption("--lora-run-name", dest="run_name", metavar="NAME", help="override run.name")
     group.addoption(
-        "--samples", metavar="DIR", action="append", default=None,
-        help="evaluate this kohya sample folder instead of the config's sources (repeatable)",
+        "--lora-gate", dest="gate", metavar="SPEC",
+        help="override gate.checkpoints: latest, all, best, or steps such as 800,1000",
     )
     group.addoption(
-        "--shard", metavar="I/N|auto",
+        "--lora-samples", dest="samples", metavar="DIR", action="append", default=None,
+        help="evaluate this kohya sample folder instead of the config's sources (repeatable); config sections "
+        "naming LoRAs of the replaced sources are skipped with a note",
+    )
+    group.addoption(
+        "--lora-shard", dest="shard", metavar="I/N|auto",
         help="evaluate only shard I of N (split by checkpoint, the same on every machine); auto: from a Slurm "
         "array or Kubernetes Indexed Job (own run folder <run>-shard<i>of<N>); merge with `lora-harness merge`",
     )
-    group.addoption("--shard-count", metavar="N", type=int, help="number of shards for --shard auto in a Kubernetes Indexed Job")
+    group.addoption(
+        "--lora-shard-count", dest="shard_count", metavar="N", type=int,
+        help="number of shards for --lora-shard auto in a Kubernetes Indexed Job",
+    )
     group.addoption(
         "--lora-progress", metavar="SECONDS", default="10",
         help="a judging progress line (checkpoints done, ETA) at most every SECONDS; 0: every checkpoint; off: none",
@@ -78,18 +92,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--allow-incomplete", action="store_true", default=False,
         help="accept gated metrics that could not be judged here (a judge's model or package absent): skip instead of fail",
     )
+    group.addoption(
+        "--lora-summary-md", metavar="PATH",
+        help="append a short Markdown verdict (badge word, gated checkpoints, failing metrics, report link) to "
+        "PATH, e.g. \"$GITHUB_STEP_SUMMARY\" or a file for a merge-request comment",
+    )
+    group.addoption(
+        "--lora-report-url", metavar="URL",
+        help="link the Markdown summary to this URL (e.g. the CI artifact) instead of the report's relative path",
+    )
+    group.addoption(
+        "--lora-allure-full-images", action="store_true", default=False,
+        help="with --alluredir: attach each full-size image instead of a JPEG thumbnail",
+    )
+    for flag, dest in LEGACY_OPTIONS.items():
+        group.addoption(
+            flag, dest=f"legacy_{dest}", action="append" if dest == "samples" else "store", default=None,
+            help=argparse.SUPPRESS,
+        )
     parser.addini("lora_config", "default eval config path, relative to the rootdir", default="evals/lora_eval.toml")
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_cmdline_main(config: pytest.Config) -> Any:
-    """Keep each checkpoint's images and its aggregate test on one xdist worker, in collection order.
-
-    A wrapper, so this runs before xdist's own tryfirst hook turns `-n N` into `--dist load`.
-    """
-    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", None) == "no":
-        config.option.dist = "loadgroup"
-    return (yield)
+def _apply_legacy_options(config: pytest.Config) -> None:
+    """`--gate` etc. still work, as the `--lora-` spelling, saying so once."""
+    for flag, dest in LEGACY_OPTIONS.items():
+        value = getattr(config.option, f"legacy_{dest}", None)
+        if value is None:
+            continue
+        if dest == "samples":
+            setattr(config.option, dest, [*(getattr(config.option, dest) or []), *value])
+        elif getattr(config.option, dest, None) is None:
+            setattr(config.option, dest, value)
+        if not hasattr(config, "workerinput"):
+            config.issue_config_time_warning(
+                pytest.PytestDeprecationWarning(f"{flag} is now --lora-{flag[2:]}; the old spelling goes in the next release"),
+                stacklevel=2,
+            )
 
 
 @dataclass
@@ -103,6 +141,8 @@ class PluginState:
     progress: PhaseProgress | None = None
     checkpoints: set[Checkpoint] = field(default_factory=set)  # every collected checkpoint, before --shard
     verdicts: list[dict[str, Any]] = field(default_factory=list)  # what gate tests decided (gate_check.enforce)
+    config_errors: list[str] = field(default_factory=list)  # config / usage errors (the workers' ones too)
+    notes: list[str] = field(default_factory=list)  # one-line notes, printed once by the controller
     _harness: Harness | None = None
     _config: EvalConfig | None = None
 
@@ -120,6 +160,7 @@ class PluginState:
             self._harness = Harness(
                 self.eval_config(), run_id=self.run_id, worker=self.worker, worker_count=self.worker_count,
                 allow_incomplete=bool(self.pytest_config.getoption("allow_incomplete", False)),
+                drop_stale=bool(self.pytest_config.getoption("samples")),
             )
             self.run_dirs.add(self._harness.config.run_dir)
         return self._harness
@@ -132,17 +173,17 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
         run_id, worker = workerinput[RUN_ID_KEY], workerinput["workerid"]
-        # xdist re-parses the command line on workers, so the controller's `--dist` change above is lost
-        # there; without this the workers would not tag items with their xdist_group.
-        if workerinput.get(LOADGROUP_KEY):
-            config.option.loadgroup = True
     else:
         run_id, worker = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:6]}", "main"
     worker_count = int(workerinput.get("workercount", 1)) if workerinput is not None else 1
     config.stash[_STATE] = PluginState(config, run_id, worker, worker_count)
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(config.stash[_STATE]), "lora_harness_xdist")
+    _apply_legacy_options(config)
     _check_options(config)
+    if config.option.collectonly and hasattr(config.option, "warn_unused_snapshots"):
+        # syrupy counts every stored snapshot as unused when nothing runs, and fails a mere --collect-only
+        config.option.warn_unused_snapshots = True
     config.pluginmanager.register(_ShardAndProgress(config), "lora_harness_shard_progress")
 
 
@@ -166,7 +207,16 @@ class _XdistHooks:
 
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput[RUN_ID_KEY] = self.state.run_id
-        node.workerinput[LOADGROUP_KEY] = self.state.pytest_config.option.dist == "loadgroup"
+
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        """`-n N` (xdist's default `--dist load`): keep the checkpoints a test needs together on one worker
+        by scheduling, not by `xdist_group` markers, which would append `@group` to every node id (breaking
+        `--lf`, copied ids and JUnit history between `-n 0` and `-n N`). An explicit `--dist` is respected."""
+        if config.option.dist != "load" or not _config_path(config).is_file():
+            return None
+        from lora_harness.xdist_scope import CheckpointScopeScheduling
+
+        return CheckpointScopeScheduling(config, log, scope_of=lambda: _scope_map(self.state))
 
     def pytest_testnodedown(self, node: Any, error: Any) -> None:
         run_dir = getattr(node, "workeroutput", {}).get(RUN_DIR_KEY)
@@ -174,17 +224,24 @@ class _XdistHooks:
             self.state.run_dirs.add(Path(run_dir))
         for name, step, kind in getattr(node, "workeroutput", {}).get(CHECKPOINTS_KEY, ()):
             self.state.checkpoints.add(Checkpoint(name, step, kind))
+        output = getattr(node, "workeroutput", {})
+        _add_unique(self.state.notes, output.get(NOTES_KEY, ()))
+        _add_unique(self.state.config_errors, output.get(CONFIG_ERRORS_KEY, ()))
+
+
+def _add_unique(target: list[str], lines: Any) -> None:
+    target.extend(line for line in lines if line not in target)
 
 
 def _shard(config: pytest.Config) -> Shard | None:
-    """This run's shard (`--shard i/N` or `--shard auto` from the scheduler's environment), or None."""
+    """This run's shard (`--lora-shard i/N` or `--lora-shard auto` from the scheduler's environment), or None."""
     spec = config.getoption("shard", None)
     count = config.getoption("shard_count", None)
     if not spec and count is None:
         return None
     try:
         if not spec:
-            raise ShardError("--shard-count needs --shard auto")
+            raise ShardError("--lora-shard-count needs --lora-shard auto")
         return sharding.resolve(spec, count=count)
     except ShardError as exc:
         raise pytest.UsageError(str(exc)) from None
@@ -235,60 +292,119 @@ _PARAMETRIZED = (
     "lora_case", "lora_checkpoint", "lora_checkpoint_summary", "lora_baseline_comparison", "lora_pairwise_comparison",
     *lora_checks.FIXTURES,
 )
+# Fixtures that need a valid config: with a config error, tests asking for them are deselected.
+_NEEDS_CONFIG = frozenset({*_PARAMETRIZED, "lora_harness", "lora_eval_config", "lora_judges", "lora_references"})
+
+
+@dataclass(frozen=True)
+class _Parametrization:
+    name: str
+    values: list[Any]
+    ids: list[str]
+    indirect: bool
+
+
+def _parametrizations(harness: Harness, names: Any) -> list[_Parametrization]:
+    """What each lora fixture among `names` is parametrized over (shared by collection and the scheduler)."""
+    found: list[_Parametrization] = []
+    if "lora_case" in names:
+        found.append(_Parametrization("lora_case", harness.cases, [c.test_id for c in harness.cases], False))
+    if "lora_checkpoint" in names:
+        found.append(_Parametrization("lora_checkpoint", harness.checkpoints, [c.test_id for c in harness.checkpoints], False))
+    if "lora_checkpoint_summary" in names:
+        gated = gate_targets(harness)
+        found.append(_Parametrization("lora_checkpoint_summary", gated, [t.test_id for t in gated], True))
+    if "lora_baseline_comparison" in names:
+        comparisons = comparison_targets(harness)  # none configured: one case that skips, saying why
+        ids = [t.test_id for t in comparisons] or ["no-baseline"]
+        found.append(_Parametrization("lora_baseline_comparison", comparisons or [None], ids, True))
+    if "lora_pairwise_comparison" in names:
+        pairwise = harness.pairwise_comparisons()  # none configured: one case that skips
+        ids = [c.test_id for c in pairwise] or ["no-pairwise-judge"]
+        found.append(_Parametrization("lora_pairwise_comparison", pairwise or [None], ids, True))
+    for fixture in lora_checks.FIXTURES:  # leakage / strength / memorization (lora_harness.checks)
+        if fixture in names:
+            values, ids = lora_checks.params(harness, fixture)
+            found.append(_Parametrization(fixture, values, ids, True))
+    return found
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = metafunc.fixturenames
     if not any(name in names for name in _PARAMETRIZED):
         return
-    harness = _harness_or_fail(metafunc.config)
-    if "lora_case" in names:
-        metafunc.parametrize("lora_case", harness.cases, ids=[case.test_id for case in harness.cases])
-    if "lora_checkpoint" in names:
-        metafunc.parametrize("lora_checkpoint", harness.checkpoints, ids=[c.test_id for c in harness.checkpoints])
-    if "lora_checkpoint_summary" in names:
-        gated = gate_targets(harness)
-        metafunc.parametrize("lora_checkpoint_summary", gated, ids=[t.test_id for t in gated], indirect=True)
-    if "lora_baseline_comparison" in names:
-        comparisons = comparison_targets(harness)  # none configured: one case that skips, saying why
-        ids = [t.test_id for t in comparisons] or ["no-baseline"]
-        metafunc.parametrize("lora_baseline_comparison", comparisons or [None], ids=ids, indirect=True)
-    if "lora_pairwise_comparison" in names:
-        pairwise = _user_errors_fail(harness.pairwise_comparisons)  # none configured: one case that skips
-        ids = [c.test_id for c in pairwise] or ["no-pairwise-judge"]
-        metafunc.parametrize("lora_pairwise_comparison", pairwise or [None], ids=ids, indirect=True)
-    for fixture in lora_checks.FIXTURES:  # leakage / strength / memorization (lora_harness.checks)
-        if fixture in names:
-            values, ids = lora_checks.params(harness, fixture)
-            metafunc.parametrize(fixture, values, ids=ids, indirect=True)
-
-
-def _user_errors_fail(function: Callable[[], Any]) -> Any:
+    state = _state(metafunc.config)
     try:
-        return function()
+        found = _parametrizations(state.harness(), names)
     except USER_ERRORS as exc:
-        message = f"lora-harness: {exc}"
-    pytest.fail(message, pytrace=False)
+        # Not a collection error per test module (printed once per module and worker, exit 1 or 2): recorded,
+        # the test deselected, and the run ends with pytest's usage-error code 4 (pytest_sessionfinish).
+        _add_unique(state.config_errors, [str(exc)])
+        for name in _PARAMETRIZED:
+            if name in names:
+                metafunc.parametrize(name, [None], ids=["config-error"])
+        return
+    for p in found:
+        metafunc.parametrize(p.name, p.values, ids=p.ids, indirect=p.indirect)
+
+
+def _group_of_params(harness: Harness, params: dict[str, Any], groups: dict[Checkpoint, str]) -> str | None:
+    target = next((params[name] for name in _PARAMETRIZED if params.get(name) is not None), None)
+    if isinstance(target, EvalCase):
+        target = Checkpoint.of(target)
+    return None if target is None else group_of(target, groups, harness.checkpoints)
+
+
+def _scope_map(state: PluginState) -> dict[str, str]:
+    """Parameter id -> xdist scope (the checkpoints judged together), computed by the controller.
+
+    Empty when the config cannot be loaded here: the workers then report the error."""
+    try:
+        with warnings.catch_warnings():  # the workers collect too, and their warnings reach the summary
+            warnings.simplefilter("ignore")
+            harness = state.harness()
+        groups = xdist_groups(harness)
+        # more workers than devices: a generating checkpoint's tests go to its device's one worker
+        workers = int(getattr(state.pytest_config.option, "numprocesses", 1) or 1)
+        devices = harness.generation_groups(worker_count=workers)
+        scopes: dict[str, str] = {}
+        for p in _parametrizations(harness, _PARAMETRIZED):
+            for value, param_id in zip(p.values, p.ids):
+                group = _group_of_params(harness, {p.name: value}, groups)
+                if group is not None:
+                    scopes[param_id] = device_mapped(group, devices)  # type: ignore[assignment]
+        return scopes
+    except Exception:
+        return {}
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """One xdist group per set of checkpoints a test needs together (see lora_harness.targets)."""
-    groups: dict[Checkpoint, str] | None = None
-    for item in items:
-        params = getattr(getattr(item, "callspec", None), "params", {})
-        target = next((params[name] for name in _PARAMETRIZED if params.get(name) is not None), None)
-        if isinstance(target, EvalCase):
-            target = Checkpoint.of(target)
-        if target is None:
-            continue
-        harness = _state(config).harness()
-        groups = groups if groups is not None else xdist_groups(harness)
-        group = group_of(target, groups, harness.checkpoints)
-        if group is not None:
-            item.stash[_CHECKPOINT_GROUP] = group  # --shard splits by checkpoint group, never by device
-            # more workers than devices: a generating checkpoint's tests go to its device's one worker
-            item.add_marker(pytest.mark.xdist_group(device_mapped(group, harness.generation_groups())))
+    """With a config error, deselect the tests that need the config (the error ends the run with code 4)."""
+    state = _state(config)
+    if not state.config_errors:
+        return
+    kept = [item for item in items if not _NEEDS_CONFIG & set(getattr(item, "fixturenames", ()))]
+    if len(kept) != len(items):
+        deselected = [item for item in items if item not in kept]
+        items[:] = kept
+        config.hook.pytest_deselected(items=deselected)
+
+
+def _item_group(config: pytest.Config, item: pytest.Item) -> str | None:
+    """The checkpoints an item must be judged with (see lora_harness.targets), or None."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    if not any(params.get(name) is not None for name in _PARAMETRIZED):
+        return None
+    state = _state(config)
+    harness = state.harness()
+    cache = config.stash.setdefault(_GROUPS, {})
+    if "groups" not in cache:
+        cache["groups"] = xdist_groups(harness)
+    return _group_of_params(harness, params, cache["groups"])
+
+
+_GROUPS = pytest.StashKey[dict]()
 
 
 class _ShardAndProgress:
@@ -315,20 +431,25 @@ class _ShardAndProgress:
                 "checkpoints": len(sizes), "images": len(cases),
             }))
 
+    @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Controller side (xdist forwards the workers' reports): the verdicts gate tests enforced, and a
-        progress line per finished checkpoint, throttled."""
+        progress line per finished checkpoint, throttled.
+
+        The progress tag is taken off the report first, so JUnit's <properties> carry the case and its
+        scores (added in pytest_runtest_call), not this bookkeeping."""
         if hasattr(self.config, "workerinput"):
             return
         if report.when == "call":
             _state(self.config).verdicts.extend(
                 {**value, "test": report.nodeid} for name, value in report.user_properties if name == VERDICT_PROPERTY
             )
+        info = dict(report.user_properties).get(PROGRESS_KEY)
+        report.user_properties[:] = [p for p in report.user_properties if p[0] != PROGRESS_KEY]
         if str(self.config.getoption("lora_progress")).lower() == "off":
             return
         if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
             return
-        info = dict(report.user_properties).get(PROGRESS_KEY)
         if not isinstance(info, dict):
             return
         state = _state(self.config)
@@ -350,15 +471,9 @@ def _param(item: pytest.Item, name: str) -> Any:
     return getattr(getattr(item, "callspec", None), "params", {}).get(name)
 
 
-_CHECKPOINT_GROUP = pytest.StashKey[str]()
-
-
 def _shard_key(item: pytest.Item) -> str | None:
-    """The xdist group (checkpoints that must be judged together), so a shard never splits one."""
-    if _CHECKPOINT_GROUP in item.stash:
-        return item.stash[_CHECKPOINT_GROUP]
-    marker = item.get_closest_marker("xdist_group")
-    return str(marker.args[0]) if marker and marker.args else None
+    """The checkpoints that must be judged together (as the xdist scope), so a shard never splits them."""
+    return _item_group(item.config, item)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -371,8 +486,29 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     finally:
         current_properties.reset(token)
         _thumbnail(item)
+        _junit_properties(item)
         if allure_enabled(item.config):
             _attach_allure(item)
+
+
+def _junit_properties(item: pytest.Item) -> None:
+    """lora, step, prompt and seed of the case, and its scores, as `record_property` would add them: JUnit
+    XML then carries them as <property> of the test case (CI dashboards show them beside the outcome)."""
+    state = _state(item.config)
+    case, checkpoint = _param(item, "lora_case"), _param(item, "lora_checkpoint")
+    try:
+        if isinstance(case, EvalCase):
+            item.user_properties += [
+                ("lora", case.loraname), ("step", case.step_label), ("prompt", case.prompt_id),
+                ("seed", "" if case.seed is None else case.seed),
+            ]
+            if state._harness is not None:
+                for metric, score in sorted(state._harness.known_scores(case).items()):
+                    item.user_properties.append((f"score.{metric}", "" if score.value is None else score.value))
+        elif isinstance(checkpoint, Checkpoint):
+            item.user_properties += [("lora", checkpoint.loraname), ("step", step_label(checkpoint.training_step, checkpoint.step_kind))]
+    except Exception as exc:  # properties must never change a test's outcome
+        warnings.warn(f"lora-harness: could not add JUnit properties for {item.nodeid}: {exc}", stacklevel=1)
 
 
 _USES_PIXELS = frozenset({"lora_scores", "lora_gate", "lora_image"})
@@ -397,10 +533,15 @@ def _attach_allure(item: pytest.Item) -> None:
 
     state = _state(item.config)
     try:
+        lora_allure.stable_parameters(item, ("lora_case", "lora_checkpoint"))
         case, checkpoint = _param(item, "lora_case"), _param(item, "lora_checkpoint")
         if isinstance(case, EvalCase):
             wants_scores = {"lora_scores", "lora_gate"} & set(getattr(item, "fixturenames", ()))
-            lora_allure.attach_case(case, state.harness().score(case) if wants_scores else None)
+            lora_allure.attach_case(
+                case, state.harness().score(case) if wants_scores else None,
+                thumbnail_px=state.harness().config.report.thumbnail_px,
+                full_image=bool(item.config.getoption("lora_allure_full_images", False)),
+            )
         elif isinstance(checkpoint, Checkpoint):
             lora_allure.attach_checkpoint(checkpoint, state.harness().checkpoint_values(checkpoint))
     except Exception as exc:  # an attachment problem must never change a test's outcome
@@ -525,12 +666,27 @@ def snapshot_lora(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
     except ImportError:
         pytest.fail("snapshot_lora needs syrupy: pip install 'lora-harness[report]'", pytrace=False)
     create = f"pytest {shlex.quote(_plain_nodeid(request.node.nodeid))} --snapshot-update"
-    return request.getfixturevalue("snapshot").use_extension(extension_for(config.snapshot, create))
+    assertion = request.getfixturevalue("snapshot").use_extension(extension_for(config.snapshot, create))
+    if (
+        request.config.getoption("samples") and not request.config.getoption("update_snapshots", False)
+        and not _snapshot_stored(assertion)
+    ):  # a user's own folder (--lora-samples) has no snapshot yet: nothing to regress from
+        pytest.skip(f"no stored snapshot for {request.node.name}: store one with `{create}` (then later runs compare with it)")
+    return assertion
 
 
 def _plain_nodeid(nodeid: str) -> str:
-    """The node id a user can pass to pytest: without the `@group` suffix of `--dist loadgroup`."""
+    """The node id a user can pass to pytest: without the `@group` suffix an explicit `--dist loadgroup` adds."""
     return re.sub(r"@[^\]/]*$", "", nodeid)
+
+
+def _snapshot_stored(assertion: Any) -> bool:
+    """Whether syrupy has a stored snapshot for this assertion (a missing one would fail the test)."""
+    try:
+        location = assertion.extension.get_location(test_location=assertion.test_location, index=assertion.index)
+        return Path(location).is_file()
+    except Exception:  # another syrupy layout: let the assertion decide
+        return True
 
 
 def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
@@ -598,9 +754,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = _state(config)
     if hasattr(config, "workerinput"):
+        config.workeroutput[CONFIG_ERRORS_KEY] = list(state.config_errors)
         if state._harness is not None:
             config.workeroutput[RUN_DIR_KEY] = str(state._harness.config.run_dir)
             config.workeroutput[CHECKPOINTS_KEY] = [[c.loraname, c.training_step, c.step_kind] for c in state._harness.checkpoints]
+            config.workeroutput[NOTES_KEY] = list(state._harness.notes)
+        return
+    if state._harness is not None:
+        _add_unique(state.notes, state._harness.notes)
+    if state.config_errors:
+        # pytest's usage-error code under any -n: CI can tell a broken config from a failed gate (1).
+        session.exitstatus = pytest.ExitCode.USAGE_ERROR
+        _write_summary_md(config, None, int(session.exitstatus))
+        return
+    if config.option.collectonly:  # nothing was judged: no CSVs, no report
         return
     for run_dir in sorted(state.run_dirs):
         try:
@@ -608,6 +775,30 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         except OSError as exc:  # the scores themselves are already safe in scores/*.jsonl
             config.stash.setdefault(_REPORT_ERRORS, []).append(f"{run_dir}: could not write CSV: {exc}")
         _write_run_report(config, run_dir, int(session.exitstatus))
+        _write_summary_md(config, run_dir, int(session.exitstatus))
+
+
+def _write_summary_md(config: pytest.Config, run_dir: Path | None, exit_status: int) -> None:
+    """`--lora-summary-md`: the Markdown verdict for CI; a failure is reported, never raised."""
+    target = config.getoption("lora_summary_md", None)
+    if not target:
+        return
+    from lora_harness.report import summary_md
+
+    state = _state(config)
+    path = Path(target)
+    try:
+        verdict = summary_md.run_verdict(run_dir) if run_dir is not None else None
+        report = config.stash.get(_REPORT_PATHS, {}).get(run_dir) if run_dir is not None else None
+        title = run_dir.name if run_dir is not None else "configuration error"
+        text = summary_md.render_summary(
+            title, verdict, exit_status=exit_status,
+            report_link=summary_md.report_link(report, path, config.getoption("lora_report_url", None)),
+            errors=state.config_errors,
+        )
+        summary_md.write_summary(path, Redactor().text(text))
+    except Exception as exc:  # never hide the test results
+        config.stash.setdefault(_REPORT_ERRORS, []).append(f"could not write {path}: {type(exc).__name__}: {exc}")
 
 
 _REPORT_ERRORS = pytest.StashKey[list]()
@@ -652,10 +843,18 @@ def terminal_view(rows: list[ScoreRow], config: EvalConfig, checkpoints: set[Che
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     state = _state(config)
-    if hasattr(config, "workerinput") or not state.run_dirs:
+    if hasattr(config, "workerinput"):
+        return
+    tr = terminalreporter
+    for error in state.config_errors:
+        tr.write_sep("=", "lora-harness: configuration error", red=True)
+        tr.write_line(f"lora-harness: {error}", red=True)
+        tr.write_line("(exit code 4: the run did not start; fix the config and rerun)", red=True)
+    for note in state.notes:
+        tr.write_line(f"lora-harness note: {note}", yellow=True)
+    if not state.run_dirs or state.config_errors or config.option.collectonly:
         return
     eval_config = state.eval_config()
-    tr = terminalreporter
     for run_dir in sorted(state.run_dirs):
         rows = list(read_rows(run_dir, run_id=state.run_id))
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")

@@ -1,4 +1,4 @@
-"""`--shard i/N`: split an evaluation across N machines, deterministically, by checkpoint.
+"""`--lora-shard i/N`: split an evaluation across N machines, deterministically, by checkpoint.
 
 Every machine collects the same cases (same config), so every machine can compute the same split without
 talking to the others. The unit is the checkpoint: its images and its aggregate test must run on one machine,
@@ -6,12 +6,12 @@ or the aggregate would see only part of the images. Checkpoints are ordered by a
 (sha256, not Python's salted `hash`) and dealt round-robin, so shards differ by at most one checkpoint and a
 checkpoint's shard does not depend on collection order. Tests that belong to no checkpoint run on every shard.
 
-`--shard auto` reads the shard from the scheduler the run is in, so one command line serves every task:
+`--lora-shard auto` reads the shard from the scheduler the run is in, so one command line serves every task:
 - Slurm job arrays: `SLURM_ARRAY_TASK_ID`, `SLURM_ARRAY_TASK_MIN`, `SLURM_ARRAY_TASK_COUNT` (and
   `SLURM_ARRAY_TASK_STEP` for `--array=0-30:10`): shard (ID - MIN) / STEP + 1 of COUNT;
-- Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX` (0-based) with the count from `--shard-count N` (the Job's
+- Kubernetes Indexed Jobs: `JOB_COMPLETION_INDEX` (0-based) with the count from `--lora-shard-count N` (the Job's
   `completions`; Kubernetes does not put it in the environment);
-- a CI matrix writes the shard itself: `--shard ${{ matrix.shard }}/4`.
+- a CI matrix writes the shard itself: `--lora-shard ${{ matrix.shard }}/4`.
 An automatic shard writes its own run folder (`<run.name>-shard<i>of<N>`), since every task of an array gets
 the same `--run-name`; `lora-harness merge` joins them into one run equal to the unsharded one.
 """
@@ -41,10 +41,10 @@ class Shard:
     def parse(cls, text: str) -> "Shard":
         match = _SPEC.match(text or "")
         if not match:
-            raise ShardError(f"--shard {text!r}: expected i/N, e.g. --shard 1/4 for the first of four machines")
+            raise ShardError(f"--lora-shard {text!r}: expected i/N, e.g. --lora-shard 1/4 for the first of four machines")
         index, count = int(match[1]), int(match[2])
         if count < 1 or not 1 <= index <= count:
-            raise ShardError(f"--shard {text!r}: i must be between 1 and N (N >= 1), e.g. 1/{max(count, 1)}")
+            raise ShardError(f"--lora-shard {text!r}: i must be between 1 and N (N >= 1), e.g. 1/{max(count, 1)}")
         return cls(index, count)
 
     def __str__(self) -> str:
@@ -61,7 +61,7 @@ def _int_var(env: Mapping[str, str], name: str) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ShardError(f"--shard auto: {name}={value!r} is not an integer") from None
+        raise ShardError(f"--lora-shard auto: {name}={value!r} is not an integer") from None
 
 
 def from_environment(env: Mapping[str, str] | None = None, *, count: int | None = None) -> Shard:
@@ -70,30 +70,30 @@ def from_environment(env: Mapping[str, str] | None = None, *, count: int | None 
     if "SLURM_ARRAY_TASK_ID" in env:
         missing = [name for name in SLURM_VARS if name not in env]
         if missing:
-            raise ShardError(f"--shard auto: SLURM_ARRAY_TASK_ID is set but {', '.join(missing)} is not; run under sbatch --array")
+            raise ShardError(f"--lora-shard auto: SLURM_ARRAY_TASK_ID is set but {', '.join(missing)} is not; run under sbatch --array")
         task, first, total = (_int_var(env, name) for name in SLURM_VARS)
         step = _int_var(env, "SLURM_ARRAY_TASK_STEP") if "SLURM_ARRAY_TASK_STEP" in env else 1
         if step < 1 or (task - first) % step:
-            raise ShardError(f"--shard auto: Slurm task {task} is not on the array's grid (min {first}, step {step})")
+            raise ShardError(f"--lora-shard auto: Slurm task {task} is not on the array's grid (min {first}, step {step})")
         if count is not None and count != total:
-            raise ShardError(f"--shard-count {count} disagrees with SLURM_ARRAY_TASK_COUNT={total}; drop --shard-count")
+            raise ShardError(f"--lora-shard-count {count} disagrees with SLURM_ARRAY_TASK_COUNT={total}; drop --lora-shard-count")
         return _checked((task - first) // step + 1, total, "Slurm array")
     if INDEXED_JOB_VAR in env:
         if count is None:
             raise ShardError(
-                f"--shard auto: {INDEXED_JOB_VAR} is set (a Kubernetes Indexed Job) but the number of shards is not; "
-                "add --shard-count N with N = the Job's spec.completions"
+                f"--lora-shard auto: {INDEXED_JOB_VAR} is set (a Kubernetes Indexed Job) but the number of shards is not; "
+                "add --lora-shard-count N with N = the Job's spec.completions"
             )
         return _checked(_int_var(env, INDEXED_JOB_VAR) + 1, count, "Indexed Job")
     raise ShardError(
-        "--shard auto: no array index in the environment (SLURM_ARRAY_TASK_ID for Slurm job arrays, "
-        f"{INDEXED_JOB_VAR} for Kubernetes Indexed Jobs); in a CI matrix pass --shard i/N explicitly"
+        "--lora-shard auto: no array index in the environment (SLURM_ARRAY_TASK_ID for Slurm job arrays, "
+        f"{INDEXED_JOB_VAR} for Kubernetes Indexed Jobs); in a CI matrix pass --lora-shard i/N explicitly"
     )
 
 
 def _checked(index: int, count: int, where: str) -> Shard:
     if count < 1 or not 1 <= index <= count:
-        raise ShardError(f"--shard auto: {where} task {index} of {count} is out of range (shards are 1..N)")
+        raise ShardError(f"--lora-shard auto: {where} task {index} of {count} is out of range (shards are 1..N)")
     return Shard(index, count)
 
 
@@ -102,7 +102,7 @@ def resolve(spec: str, *, count: int | None = None, env: Mapping[str, str] | Non
     if (spec or "").strip().lower() == AUTO:
         return from_environment(env, count=count)
     if count is not None:
-        raise ShardError("--shard-count goes with --shard auto (an explicit --shard i/N already says N)")
+        raise ShardError("--lora-shard-count goes with --lora-shard auto (an explicit --lora-shard i/N already says N)")
     return Shard.parse(spec)
 
 

@@ -92,7 +92,7 @@ def checkpoint_sources(config_path: Path, checkpoint: Path, step: int | None, lo
 def pytest_command(suite: Path, config: Path, sources: list[dict[str, Any]], *, extra: Sequence[str] = ()) -> list[str]:
     return [
         sys.executable, "-m", "pytest", str(suite), "--lora-config", str(config), "-p", "no:cacheprovider",
-        "--lora-set", "sources=" + json.dumps(sources), "--gate", "latest", *extra,
+        "--lora-set", "sources=" + json.dumps(sources), "--lora-gate", "latest", *extra,
     ]
 
 

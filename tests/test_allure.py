@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 pytest.importorskip("allure_pytest")
 
@@ -54,11 +55,11 @@ def labels(result: dict, name: str) -> list[str]:
     return [label["value"] for label in result["labels"] if label["name"] == name]
 
 
-def run_with_allure(pytester: pytest.Pytester) -> tuple[pytest.RunResult, Path]:
+def run_with_allure(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, Path]:
     config = write_suite(pytester.path)
     allure_dir = pytester.path / "allure-results"
     result = pytester.runpytest_subprocess(
-        "--lora-config", str(config), "-p", "no:cacheprovider", f"--alluredir={allure_dir}"
+        "--lora-config", str(config), "-p", "no:cacheprovider", f"--alluredir={allure_dir}", *args
     )
     return result, allure_dir
 
@@ -77,10 +78,18 @@ def test_cases_carry_image_scores_justifications_and_labels(pytester: pytest.Pyt
     assert labels(image, "lora") == ["personal-lora-demo-r4"]
     assert labels(image, "step") == ["000200"] and labels(image, "prompt") == ["01"] and labels(image, "seed") == ["42"]
     assert set(labels(image, "metric")) == {"spectral_score", "magnitude_score", "eval_person_llm"}
+    params = {p["name"]: p for p in image["parameters"]}
+    assert {n: p["value"] for n, p in params.items() if not p.get("excluded")} == {
+        "lora": "'personal-lora-demo-r4'", "step": "'000200'", "prompt": "'01'", "seed": "'42'",
+    }
+    assert params["lora_case"]["excluded"] and params["lora_case"]["mode"] == "hidden"
+    assert labels(image, "parentSuite") == ["personal-lora-demo-r4"] and labels(image, "suite") == ["step 000200"]
+    assert labels(image, "epic") == ["personal-lora-demo-r4"] and labels(image, "feature") == ["step 000200"]
     attachments = attachments_of(image, allure_dir)
     name = "personal-lora-demo-r4_000200_01_20250106170138.png"
-    assert attachments.keys() == {f"image {name}", "prompt", "scores", "justifications"}
-    assert attachments[f"image {name}"].read_bytes() == (pytester.path / "samples" / "r4" / name).read_bytes()
+    assert attachments.keys() == {f"thumbnail {name}", "prompt", "scores", "justifications"}
+    with Image.open(attachments[f"thumbnail {name}"]) as thumb:  # a JPEG thumbnail, not the full PNG
+        assert thumb.format == "JPEG" and max(thumb.size) <= 256
     scores = json.loads(attachments["scores"].read_text())
     assert scores["eval_person_llm"]["value"] == 0.75 and scores["eval_person_llm"]["raw"]["model"] == "gpt-4o"
     stored = [json.loads(line) for p in (pytester.path / "reports" / "allure" / "scores").glob("*.jsonl")
@@ -122,3 +131,38 @@ def test_without_alluredir_nothing_is_attached(pytester: pytest.Pytester, monkey
     result = pytester.runpytest_subprocess("--lora-config", str(config), "-p", "no:cacheprovider", "-k", "step000800")
     result.assert_outcomes(passed=4)
     assert not list(pytester.path.rglob("*-result.json"))
+
+
+def test_full_images_by_option(pytester: pytest.Pytester) -> None:
+    result, allure_dir = run_with_allure(pytester, "--lora-allure-full-images", "-k", "step000800-p00")
+    result.assert_outcomes(passed=1)
+    [image] = [r for r in results(allure_dir) if r["name"].startswith("test_image")]
+    name = "personal-lora-demo-r4_000800_00_20250106170616.png"
+    assert attachments_of(image, allure_dir)[f"image {name}"].read_bytes() == (
+        pytester.path / "samples" / "r4" / name
+    ).read_bytes()
+
+
+def test_history_ids_are_equal_across_checkout_paths_and_regenerated_samples(tmp_path: Path) -> None:
+    """The same suite from two checkout paths, the second with re-made samples (new kohya timestamps)."""
+    import os
+    import subprocess
+
+    ids = []
+    for checkout, stamp in (("checkout-a", None), ("elsewhere/checkout-b", "20990101000000")):
+        root = tmp_path / checkout
+        root.mkdir(parents=True)
+        config = write_suite(root)
+        if stamp:
+            for image in (root / "samples" / "r4").glob("*.png"):
+                image.rename(image.with_name(image.name[:-18] + stamp + ".png"))
+        subprocess.run(
+            [str(REPO / ".venv" / "bin" / "python"), "-m", "pytest", "--lora-config", str(config), "-p", "no:cacheprovider",
+             "--alluredir", "allure", "-q", "--rootdir", str(root), str(root / "test_lora.py")],
+            cwd=root, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600,
+        )
+        found = {r["name"]: r["historyId"] for r in results(root / "allure")}
+        assert len(found) == 8
+        ids.append(found)
+    assert ids[0] == ids[1]
+    assert len(set(ids[0].values())) == 8  # and still one history per test

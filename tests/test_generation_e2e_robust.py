@@ -104,7 +104,7 @@ def test_more_workers_than_devices_load_one_pipeline_per_device(pytester: pytest
 
 
 def test_generation_sharded_by_slurm_array_merges_to_the_unsharded_run(pytester: pytest.Pytester, model, monkeypatch) -> None:
-    """`--shard auto` on generate sources: two Slurm array tasks (processes with SLURM_ARRAY_* set) each
+    """`--lora-shard auto` on generate sources: two Slurm array tasks (processes with SLURM_ARRAY_* set) each
     generate their checkpoints into their own run folder; `lora-harness merge` equals the unsharded run."""
     pytest.importorskip("jinja2")
     from lora_harness.cli import main
@@ -119,7 +119,7 @@ def test_generation_sharded_by_slurm_array_merges_to_the_unsharded_run(pytester:
         monkeypatch.setenv("SLURM_ARRAY_TASK_ID", str(task))
         monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "0")
         monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-        run(pytester, "test_lora.py", "--shard", "auto")  # the same command in both tasks
+        run(pytester, "test_lora.py", "--lora-shard", "auto")  # the same command in both tasks
     reports = pytester.path / "reports"
     shards = [reports / "gen-shard1of2", reports / "gen-shard2of2"]
     made = [sorted(p.name for p in (d / "images" / "me").glob("*.png")) for d in shards]

@@ -189,13 +189,37 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(tmp_path):
     assert load_rgb(path, pixel_limit=1200).shape == (30, 40, 3)  # at the limit: allowed
 
 
-def test_pillow_decompression_bomb_guard_is_an_image_error(tmp_path, monkeypatch):
-    """Pillow's own guard (MAX_IMAGE_PIXELS) is turned into an ImageError too, warning or error."""
+def test_pixel_limit_above_pillows_own_limit_is_honoured(tmp_path, monkeypatch):
+    """`run.image_pixel_limit` also sets Pillow's MAX_IMAGE_PIXELS, so it can be raised above Pillow's ~89 MP."""
     path = save(tmp_path, Image.new("RGB", (40, 30)))
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # warns above 1000, errors above 2000
-    with pytest.raises(ImageError, match="decompression bomb") as info:
-        load_rgb(path)
-    assert str(path) in str(info.value)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
-    with pytest.raises(ImageError, match="decompression bomb"):
-        load_rgb(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow alone would warn above 1000, refuse above 2000
+    assert load_rgb(path, pixel_limit=1200).shape == (30, 40, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1200
+
+
+def _png_header_claiming(tmp_path: Path, width: int, height: int) -> Path:
+    """A PNG whose IHDR claims width x height (valid CRC), with one pixel's data: a huge header, tiny file."""
+    import struct
+    import zlib
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    path = tmp_path / "huge.png"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [10_000, 40_000])  # Pillow's warning zone (1-2x its limit) and its error zone
+def test_huge_header_gets_our_message_not_pillows(tmp_path, monkeypatch, side):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 89_478_485)  # Pillow's default, whatever earlier tests set
+    path = _png_header_claiming(tmp_path, side, side)
+    with pytest.raises(ImageError) as info:
+        load_rgb(path, pixel_limit=50_000_000)
+    message = str(info.value)
+    assert str(path) in message
+    assert "exceeds the limit of 50,000,000" in message
+    assert "run.image_pixel_limit" in message
+    assert "DOS attack" not in message  # Pillow's wording

@@ -1,4 +1,4 @@
-"""`--shard i/N` and `lora-harness merge`: split deterministically, merge back to exactly the unsharded run."""
+"""`--lora-shard i/N` and `lora-harness merge`: split deterministically, merge back to exactly the unsharded run."""
 
 from __future__ import annotations
 
@@ -172,17 +172,17 @@ def _suite(root: Path) -> Path:
 
 def _pytest(pytester: pytest.Pytester, config: Path, *args: str) -> pytest.RunResult:
     return pytester.runpytest_subprocess(
-        "--lora-config", str(config), "--report-dir", str(pytester.path / "reports"), "-p", "no:cacheprovider", *args
+        "--lora-config", str(config), "--lora-report-dir", str(pytester.path / "reports"), "-p", "no:cacheprovider", *args
     )
 
 
 @pytest.mark.slow
 def test_two_shards_merged_equal_the_unsharded_run(pytester: pytest.Pytester) -> None:
     config = _suite(pytester.path)
-    full = _pytest(pytester, config, "--run-name", "full")
+    full = _pytest(pytester, config, "--lora-run-name", "full")
     full.assert_outcomes(passed=10, xfailed=6)  # 12 images + 4 checkpoints; steps 200 and 600 miss the minimum
-    first = _pytest(pytester, config, "--run-name", "shard1", "--shard", "1/2")
-    second = _pytest(pytester, config, "--run-name", "shard2", "--shard", "2/2", "-n", "2")
+    first = _pytest(pytester, config, "--lora-run-name", "shard1", "--lora-shard", "1/2")
+    second = _pytest(pytester, config, "--lora-run-name", "shard2", "--lora-shard", "2/2", "-n", "2")
     counts = [sum(r.parseoutcomes().get(k, 0) for k in ("passed", "xfailed")) for r in (first, second)]
     assert counts == [8, 8]  # two of the four checkpoints each, images and aggregate together
     assert first.parseoutcomes()["deselected"] == 8
@@ -212,9 +212,9 @@ def test_two_shards_merged_equal_the_unsharded_run(pytester: pytest.Pytester) ->
 @pytest.mark.slow
 def test_bad_shard_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
     config = _suite(pytester.path)
-    result = _pytest(pytester, config, "--shard", "3/2")
+    result = _pytest(pytester, config, "--lora-shard", "3/2")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--shard '3/2': i must be between 1 and N*"])
+    result.stderr.fnmatch_lines(["*--lora-shard '3/2': i must be between 1 and N*"])
     assert not (pytester.path / "reports" / "unused" / "scores").exists()
 
 

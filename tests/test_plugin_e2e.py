@@ -90,7 +90,7 @@ def test_demo_suite_gates_latest_and_writes_research_csv(pytester: pytest.Pytest
 
 def test_gate_all_fails_the_run_naming_metric_value_threshold_and_image(pytester: pytest.Pytester) -> None:
     write_suite(pytester.path)
-    result = run(pytester, "--gate", "all", "-k", "r4-step000200-p00")
+    result = run(pytester, "--lora-gate", "all", "-k", "r4-step000200-p00")
     result.assert_outcomes(failed=1)
     assert result.ret == 1
     result.stdout.fnmatch_lines(["*spectral_score = 0.0* < 0.5000 (per-image minimum)*"])
@@ -109,8 +109,8 @@ def test_checkpoint_mean_failure_is_its_own_case(pytester: pytest.Pytester) -> N
 
 def test_xdist_run_records_the_same_rows_as_a_single_process_run(pytester: pytest.Pytester) -> None:
     write_suite(pytester.path)
-    serial = run(pytester, "--run-name", "serial")
-    parallel = run(pytester, "--run-name", "parallel", "-n", "4")
+    serial = run(pytester, "--lora-run-name", "serial")
+    parallel = run(pytester, "--lora-run-name", "parallel", "-n", "4")
     serial.assert_outcomes(passed=8, xfailed=24)
     parallel.assert_outcomes(passed=8, xfailed=24)
 
@@ -162,11 +162,11 @@ def test_config_errors_are_reported_without_a_traceback(pytester: pytest.Pyteste
     assert "Traceback" not in result.stdout.str()
 
 
-def test_unmatched_files_are_a_collection_error_listing_them(pytester: pytest.Pytester) -> None:
+def test_unmatched_files_are_a_usage_error_listing_them(pytester: pytest.Pytester) -> None:
     write_suite(pytester.path)
     (pytester.path / "samples" / "personal-lora-demo-r4" / "notes.png").write_bytes(b"x")
     result = run(pytester)
-    assert result.ret == 2
+    assert result.ret == pytest.ExitCode.USAGE_ERROR  # 4: a broken input, not a failed gate
     result.stdout.fnmatch_lines(["*do not match the kohya sample pattern*", "*notes.png*", "*ignore_unmatched = true*"])
 
 
@@ -179,7 +179,7 @@ def test_samples_option_points_at_a_folder_without_editing_the_config(pytester: 
     for step in (100, 200):
         pixels = (rng.random((64, 64, 3)) * 40 + 100).astype(np.uint8)
         Image.fromarray(pixels).save(folder / f"my_lora-v2_{step:06d}_00_20250101120000.png")
-    result = run(pytester, "--samples", str(folder), "--run-name", "mine", "--gate", "all", "-v")
+    result = run(pytester, "--lora-samples", str(folder), "--lora-run-name", "mine", "--lora-gate", "all", "-v")
     result.stdout.fnmatch_lines(["*test_image?my_lora-v2-step000100-p00-s7?*", "*test_checkpoint?my_lora-v2-step000200?*"])
     assert (pytester.path / "reports" / "mine" / "scores.csv").is_file()
 

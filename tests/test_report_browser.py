@@ -86,7 +86,7 @@ def test_report_renders_table_plot_images_and_opens_details(browser, report: Pat
     # lora-r32 step 200: mean under its minimum, two images: inconclusive, not gated (xfail)
     assert "xfail" in rows[0].text and "?0.250" in rows[0].text
 
-    plot = browser.find_element(By.CSS_SELECTOR, "figure.plot svg")
+    plot = browser.find_element(By.CSS_SELECTOR, "#trends figure.plot svg")
     assert plot.is_displayed() and plot.size["width"] > 300 and plot.size["height"] > 150
     assert len(plot.find_elements(By.TAG_NAME, "circle")) == 12 and len(plot.find_elements(By.TAG_NAME, "polyline")) == 4
 

@@ -94,7 +94,7 @@ def test_memorization_case_shows_its_training_image_next_to_the_generated_one(tm
     path = build_html_report(rows, tmp_path / "out", title="t", source="s", rules=rules,
                              options=ReportOptions(images="embed", thumbnail_px=40))
     html = path.read_text(encoding="utf-8")
-    failing = html[html.index('<table class="failing-cases">'):html.index('<section id="table">')]
+    failing = html[html.index('<table class="failing-cases"'):html.index('<section id="table">')]
     for part in (_details(html), failing):
         pair = re.search(r'<div class="memorization-pair">(.*?)</div>', part, re.S)[1]
         generated, train = re.findall(r'<img src="data:image/jpeg;base64,([^"]+)"', pair)

@@ -330,3 +330,46 @@ def test_source_options_from_config_reach_the_folder(tmp_path):
     (tmp_path / "prompts.txt").write_text("configured prompt\n", encoding="utf-8")
     [case] = collect_cases(_config([{"path": "s", "prompts": "prompts.txt", "ignore_unmatched": True}], tmp_path))
     assert case.prompt.text == "configured prompt"
+
+
+# --- dot-files and symlinks ----------------------------------------------------------------------------------
+
+
+def test_macos_appledouble_and_other_dot_files_are_ignored(tmp_path):
+    """macOS writes `._<name>` twins on foreign volumes; they parse as a LoRA named `._lora` otherwise."""
+    folder = make_folder(
+        tmp_path,
+        ["lora_000200_00_20250106170100.png", "._lora_000200_00_20250106170100.png", ".DS_Store", ".hidden.png"],
+    )
+    cases = collect_sample_cases(folder)
+    assert [(c.loraname, c.image_path.name) for c in cases] == [("lora", "lora_000200_00_20250106170100.png")]
+
+
+def test_symlinked_sample_is_collected(tmp_path):
+    folder = make_folder(tmp_path, ["lora_000200_00_20250106170100.png"])
+    elsewhere = tmp_path / "store"
+    elsewhere.mkdir()
+    (elsewhere / "img.png").write_bytes(b"")
+    (folder / "lora_000400_00_20250106170500.png").symlink_to(elsewhere / "img.png")
+    assert [c.training_step for c in collect_sample_cases(folder)] == [200, 400]
+
+
+def test_broken_symlink_is_an_error_naming_it(tmp_path):
+    folder = make_folder(tmp_path, ["lora_000200_00_20250106170100.png"])
+    link = folder / "lora_000400_00_20250106170500.png"
+    link.symlink_to(tmp_path / "gone.png")
+    with pytest.raises(SampleFolderError) as info:
+        collect_sample_cases(folder)
+    message = str(info.value)
+    assert str(link) in message and "broken symlink" in message and "gone.png" in message
+
+
+def test_symlink_loop_is_an_error_naming_it(tmp_path):
+    folder = make_folder(tmp_path, ["lora_000200_00_20250106170100.png"])
+    a, b = folder / "lora_000400_00_20250106170500.png", folder / "loop.png"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(SampleFolderError) as info:
+        collect_sample_cases(folder)
+    assert "symlink loop" in str(info.value)
+    assert str(a) in str(info.value) or str(b) in str(info.value)

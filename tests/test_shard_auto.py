@@ -1,4 +1,4 @@
-"""`--shard auto` (issue 14): the shard comes from a Slurm job array or a Kubernetes Indexed Job; each task
+"""`--lora-shard auto` (issue 14): the shard comes from a Slurm job array or a Kubernetes Indexed Job; each task
 writes its own run folder; `lora-harness merge` of the tasks equals the unsharded run. The examples/ files
 are checked against the same rules."""
 
@@ -33,13 +33,13 @@ def test_auto_shard_from_slurm_and_indexed_job_variables() -> None:
 @pytest.mark.parametrize(
     ("env", "count", "message"),
     [
-        ({}, None, r"no array index in the environment \(SLURM_ARRAY_TASK_ID .* JOB_COMPLETION_INDEX .*--shard i/N"),
-        ({"JOB_COMPLETION_INDEX": "0"}, None, r"add --shard-count N with N = the Job's spec.completions"),
+        ({}, None, r"no array index in the environment \(SLURM_ARRAY_TASK_ID .* JOB_COMPLETION_INDEX .*--lora-shard i/N"),
+        ({"JOB_COMPLETION_INDEX": "0"}, None, r"add --lora-shard-count N with N = the Job's spec.completions"),
         ({"JOB_COMPLETION_INDEX": "4"}, 4, r"Indexed Job task 5 of 4 is out of range"),
         ({"SLURM_ARRAY_TASK_ID": "3"}, None, r"SLURM_ARRAY_TASK_MIN, SLURM_ARRAY_TASK_COUNT is not; run under sbatch --array"),
         (slurm(2, 2), None, r"Slurm array task 3 of 2 is out of range"),
         (slurm(5, 3, step=10), None, r"task 5 is not on the array's grid"),
-        (slurm(0, 4), 3, r"--shard-count 3 disagrees with SLURM_ARRAY_TASK_COUNT=4"),
+        (slurm(0, 4), 3, r"--lora-shard-count 3 disagrees with SLURM_ARRAY_TASK_COUNT=4"),
         ({"JOB_COMPLETION_INDEX": "x"}, 2, r"JOB_COMPLETION_INDEX='x' is not an integer"),
     ],
 )
@@ -49,7 +49,7 @@ def test_auto_shard_errors_say_what_is_missing(env, count, message) -> None:
 
 
 def test_shard_count_only_goes_with_auto() -> None:
-    with pytest.raises(ShardError, match="--shard-count goes with --shard auto"):
+    with pytest.raises(ShardError, match="--lora-shard-count goes with --lora-shard auto"):
         resolve("1/2", count=2, env={})
 
 
@@ -60,7 +60,7 @@ def test_slurm_example_runs_every_task_once_and_merges_them() -> None:
     script = (REPO / "examples" / "slurm" / "lora-eval-array.sbatch").read_text()
     first, last = map(int, re.search(r"^#SBATCH --array=(\d+)-(\d+)$", script, re.M).groups())
     (command,) = [line for line in script.splitlines() if line.startswith("pytest ")]
-    assert shlex.split(command)[-2:] == ["--shard", "auto"]
+    assert shlex.split(command)[-2:] == ["--lora-shard", "auto"]
     count = last - first + 1
     shards = [resolve("auto", env=slurm(task, count, first)) for task in range(first, last + 1)]
     assert sorted(s.index for s in shards) == list(range(1, count + 1))
@@ -75,8 +75,8 @@ def test_kubernetes_example_is_an_indexed_job_whose_shard_count_matches_completi
     assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
     (container,) = spec["template"]["spec"]["containers"]
     command = container["command"]
-    assert command[command.index("--shard") + 1] == "auto"
-    count = int(command[command.index("--shard-count") + 1])
+    assert command[command.index("--lora-shard") + 1] == "auto"
+    count = int(command[command.index("--lora-shard-count") + 1])
     assert count == spec["completions"]
     shards = [resolve("auto", count=count, env={"JOB_COMPLETION_INDEX": str(i)}) for i in range(spec["completions"])]
     assert sorted(s.index for s in shards) == list(range(1, count + 1))
@@ -107,10 +107,10 @@ def test_auto_shards_as_processes_merged_equal_the_unsharded_run(pytester: pytes
         if scheduler == "slurm":  # an array --array=10-(10+count-1): the index is relative to the array's min
             for key, value in slurm(10 + task, count, first=10).items():
                 monkeypatch.setenv(key, value)
-            args = ("--shard", "auto")
+            args = ("--lora-shard", "auto")
         else:
             monkeypatch.setenv("JOB_COMPLETION_INDEX", str(task))
-            args = ("--shard", "auto", "--shard-count", str(count))
+            args = ("--lora-shard", "auto", "--lora-shard-count", str(count))
         result = _pytest(pytester, config, "--run-name", "sweep", *args)  # the same command line in every task
         outcomes.append(sum(result.parseoutcomes().get(k, 0) for k in ("passed", "xfailed")))
     assert sum(outcomes) == 16 and all(outcomes)  # every image and checkpoint test ran exactly once in all

@@ -161,7 +161,7 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
         status = main(["eval-checkpoint", "--checkpoint", str(out / f"checkpoint-{step}"), "--step", str(step),
                        "--config", str(config), "--suite", str(suite), "--", "-q", "-W", "ignore::UserWarning"])
         assert status == 0
-    assert len(commands) == 2 and all("--lora-set" in c and "--gate" in c for c in commands)
+    assert len(commands) == 2 and all("--lora-set" in c and "--lora-gate" in c for c in commands)
     # the terminal table marks the evaluated checkpoint as gated, never the leakage images' own LoRA name
     assert re.search(r"\* simpletuner-out 000020", outputs[1]) and "* simpletuner-out-leakage" not in outputs[1]
     wide = pd.read_csv(tmp_path / "reports" / "training" / "scores.csv", dtype=str)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 from lora_harness.cases import Checkpoint, EvalCase, Prompt
-from lora_harness.prompts import parse_prompt_line
+from lora_harness.prompts import parse_prompt_line, prompt_lines
 from lora_harness.sources.generate import DEFAULT_SEED, GeneratedCase, image_path
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def _prompts(texts: list[str] | None, template: Prompt, key: str, prefix: str) -
     """Check prompts take the checkpoint's generation settings unless they carry their own inline options."""
     if texts is None:
         return [replace(template, prompt_id=f"{prefix}{template.prompt_id}")]
-    usable = [t for t in texts if t.strip() and not t.lstrip().startswith("#")]
+    usable = [line for _, line in prompt_lines(texts)]  # kohya's comment rule, as for a prompt file
     out = []
     for i, text in enumerate(usable):
         p = parse_prompt_line(text, f"{prefix}{i:02d}", source=key)

@@ -7,6 +7,8 @@ import in `lora_harness/judges/__init__.py`.
 
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -83,10 +85,11 @@ def judge_many(judge: Judge, items: Sequence[tuple[EvalCase, np.ndarray]], conte
 def reject_unknown(judge: str, unknown: Mapping[str, Any], allowed: Sequence[str]) -> None:
     """A typo in a `[[judges]] options` table fails loudly instead of being ignored."""
     if unknown:
-        raise ValueError(
-            f"{judge} got unknown option(s) {', '.join(map(repr, sorted(unknown)))}; "
-            f"allowed options: {', '.join(allowed)}"
-        )
+        named = []
+        for key in sorted(unknown):
+            close = difflib.get_close_matches(str(key), list(allowed), n=1)
+            named.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"{judge} got unknown option(s) {', '.join(named)}; allowed options: {', '.join(allowed)}")
 
 
 def check_int(judge: str, key: str, value: Any, lo: int, hi: int | None = None) -> int:
@@ -146,7 +149,9 @@ def create_judge(name: str, options: Mapping[str, Any] | None = None) -> Judge:
     try:
         factory = _REGISTRY[name]
     except KeyError:
+        close = difflib.get_close_matches(str(name), registered_judges(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnknownJudgeError(
-            f"unknown judge {name!r}; registered judges: {', '.join(registered_judges()) or '(none)'}"
+            f"unknown judge {name!r}{hint}; registered judges: {', '.join(registered_judges()) or '(none)'}"
         ) from None
     return factory(**dict(options or {}))

@@ -34,7 +34,7 @@ def add_report_commands(commands: argparse._SubParsersAction) -> None:
     report.set_defaults(func=run_report)
     merge = commands.add_parser(
         "merge",
-        help="merge run folders from several machines (e.g. --shard i/N) into one, then report it",
+        help="merge run folders from several machines (e.g. --lora-shard i/N) into one, then report it",
         description="Merge run folders (shards or reruns) into one run folder with CSV and HTML. Runs made with "
         "different configs (config hash in run.json) are refused unless --force.",
     )

@@ -14,14 +14,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from lora_harness.config import ReportConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.report.manifest import RunManifest, library_versions
-from lora_harness.report.plots import ALL_PROMPTS, trend_plots
+from lora_harness.report.plots import ALL_PROMPTS, criterion_plots, trend_plots
 from lora_harness.report.scale_plots import scale_plots
 from lora_harness.report.training_images import training_matches
 from lora_harness.redact import Redactor
@@ -70,6 +70,7 @@ def _environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["num"] = format_number
+    env.filters["urldecode"] = unquote  # a relative link shown as the path it is
     return env
 
 
@@ -115,6 +116,7 @@ def build_html_report(
 
     started = time.perf_counter()
     plots = trend_plots(rows, view.metrics)
+    criteria = criterion_plots(rows, view.metrics)
     strength_plots = scale_plots(rows, view.metrics)
     timings.phases["plots"] = time.perf_counter() - started
 
@@ -138,6 +140,7 @@ def build_html_report(
         generated_at=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         view=view,
         plots=plots,
+        criteria=criteria,
         strength_plots=strength_plots,
         training=training,
         all_prompts=ALL_PROMPTS,

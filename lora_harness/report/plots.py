@@ -41,10 +41,11 @@ class TrendPlot:
 
 @dataclass
 class Series:
-    metric: str
+    metric: str  # the series' name: a metric (per-LoRA figures) or a LoRA (per-criterion figures)
     colour: str
     points: list[tuple[float, float]]  # SVG coordinates of the raw scores
     line: list[tuple[float, float]]  # SVG coordinates of the rolling mean
+    tips: list[str] = field(default_factory=list)  # a tooltip per point: the value and its case
 
 
 @dataclass
@@ -62,11 +63,19 @@ class Panel:
 
 def score_frame(rows: Sequence[ScoreRow]) -> pd.DataFrame:
     records = [
-        (r.loraname, r.training_step, r.step_kind, r.prompt_id, r.metric, r.value)
+        (r.loraname, r.training_step, r.step_kind, r.prompt_id, r.metric, r.value, r.case_key)
         for r in rows
         if r.value is not None and not math.isnan(r.value)
     ]
-    return pd.DataFrame(records, columns=["loraname", "step", "kind", "prompt_id", "metric", "value"])
+    return pd.DataFrame(records, columns=["loraname", "step", "kind", "prompt_id", "metric", "value", "case"])
+
+
+def _tip(metric: str, value: float, case: object, count: object = None) -> str:
+    """`spectral_score = 0.7312 · lora-r4-step000200-p01-s42` (or `mean of 3 images · lora-r4 step 200`)."""
+    what = f"{metric} = {value:.4g}"
+    if count is not None and not (isinstance(count, float) and math.isnan(count)):
+        return f"{what} · mean of {int(count)} image(s) · {case}"
+    return f"{what} · {case}"
 
 
 def metric_groups(frame: pd.DataFrame, metrics: Sequence[str]) -> list[list[str]]:
@@ -133,7 +142,10 @@ def trend_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[TrendP
         ).strip()
 
     # all prompts together: one point per step (the mean over prompts and seeds), so 1,000 images stay legible
-    means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False)["value"].mean()
+    means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False).agg(
+        value=("value", "mean"), count=("value", "size")
+    )
+    means["case"] = means["loraname"] + " step " + means["step"].astype(str)
     plots = [TrendPlot(ALL_PROMPTS, figure(means, "all prompts: mean per step"))]
     for prompt_id, subset in frame.groupby("prompt_id", sort=True):
         plots.append(TrendPlot(str(prompt_id), figure(subset, f"prompt {prompt_id}")))
@@ -198,8 +210,112 @@ def _panels(
                         metric, colours[metric],
                         points=[(sx(s), sy(v)) for s, v in zip(subset["step"].tolist(), subset["value"].tolist())],
                         line=[(sx(s), sy(v)) for s, v in lines[(lora, metric)].items()],
+                        tips=_tips(subset, metric),
                     ))
             panels.append(panel)
+    return panels
+
+
+def _tips(subset: pd.DataFrame, metric: str) -> list[str]:
+    counts = subset["count"].tolist() if "count" in subset else [None] * len(subset)
+    return [_tip(metric, v, c, n) for v, c, n in zip(subset["value"].tolist(), subset["case"].tolist(), counts)]
+
+
+# --- criterion over training steps: one panel per metric, one line per LoRA (the study's rank comparison) ---
+
+CRITERION_COLUMNS = 3
+
+
+@dataclass(frozen=True)
+class CriterionPlot:
+    prompt_id: str  # ALL_PROMPTS for the mean over every prompt
+    svg: str
+
+
+def criterion_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[CriterionPlot]:
+    """The study's rank comparison: each criterion over training steps in its own panel, the LoRA variants
+    as lines in it (rolling mean of 3 over steps, raw points visible), so rank 4 and rank 32 are compared
+    on one criterion inside one panel. One figure for all prompts (a point per step: the mean), then one
+    per prompt (a point per image)."""
+    frame = score_frame(rows)
+    if frame.empty:
+        return []
+    shown = [m for m in metrics if m in set(frame["metric"])]
+    loras = sorted(frame["loraname"].unique())
+    colours = {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(loras)}
+    x_range = (float(frame["step"].min()), float(frame["step"].max()))
+    y_ranges = {m: _y_range(frame[frame["metric"] == m]["value"]) for m in shown}
+    x_label = "epoch" if set(frame["kind"]) == {"epoch"} else "training step"
+    template = _environment().get_template("trend.svg.j2")
+    columns = min(CRITERION_COLUMNS, len(shown))
+    grid_rows = math.ceil(len(shown) / columns)
+
+    def figure(data: pd.DataFrame, label: str) -> str:
+        panels = _criterion_panels(data, shown, loras, colours, x_range, y_ranges, x_label, columns)
+        legend = [(name, colours[name]) for name in loras]
+        width = LEFT + columns * (PANEL_W + GAP + 30) + 36 + CHAR_W * max(len(n) for n in loras)
+        height = TOP + grid_rows * (PANEL_H + GAP + 36) + BOTTOM
+        return template.render(
+            width=round(width), height=height, panels=panels, legend=legend, panel_w=PANEL_W, panel_h=PANEL_H,
+            legend_x=LEFT + columns * (PANEL_W + GAP + 30) + 10, legend_y=TOP + 10, label=label,
+        ).strip()
+
+    means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False).agg(
+        value=("value", "mean"), count=("value", "size")
+    )
+    means["case"] = means["loraname"] + " step " + means["step"].astype(str)
+    plots = [CriterionPlot(ALL_PROMPTS, figure(means, "each criterion over training steps, all prompts"))]
+    for prompt_id, subset in frame.groupby("prompt_id", sort=True):
+        plots.append(CriterionPlot(str(prompt_id), figure(subset, f"each criterion over training steps, prompt {prompt_id}")))
+    return plots
+
+
+def _criterion_panels(
+    data: pd.DataFrame,
+    metrics: list[str],
+    loras: list[str],
+    colours: dict[str, str],
+    x_range: tuple[float, float],
+    y_ranges: dict[str, tuple[float, float]],
+    x_label: str,
+    columns: int,
+) -> list[Panel]:
+    x_low, x_high = x_range
+    x_pad = (x_high - x_low) * 0.03 or 1.0
+    x_low, x_high = x_low - x_pad, x_high + x_pad
+    x_tick_values = [t for t in nice_ticks(x_low, x_high) if x_low <= t <= x_high]
+    points = {key: part for key, part in data.groupby(["loraname", "metric"], sort=False)}
+    lines = rolling_means(data)
+    panels = []
+    for index, metric in enumerate(metrics):
+        row, col = divmod(index, columns)
+        y_low, y_high = y_ranges[metric]
+        y_tick_values = [t for t in nice_ticks(y_low, y_high) if y_low - 1e-9 <= t <= y_high + 1e-9]
+        left, top = LEFT + col * (PANEL_W + GAP + 30), TOP + row * (PANEL_H + GAP + 36)
+
+        def sx(value: float) -> float:
+            return round(left + (value - x_low) / (x_high - x_low) * PANEL_W, 1)
+
+        def sy(value: float) -> float:
+            return round(top + PANEL_H - (value - y_low) / (y_high - y_low) * PANEL_H, 1)
+
+        panel = Panel(
+            x=left, y=top, title=metric, x_label=x_label, y_label=None,
+            x_ticks=[(sx(t), _label(t)) for t in x_tick_values],
+            y_ticks=[(sy(t), _label(t)) for t in y_tick_values],
+        )
+        for lora in loras:
+            subset = points.get((lora, metric))
+            if subset is None:
+                continue
+            panel.series.append(Series(
+                lora, colours[lora],
+                points=[(sx(s), sy(v)) for s, v in zip(subset["step"].tolist(), subset["value"].tolist())],
+                line=[(sx(s), sy(v)) for s, v in lines[(lora, metric)].items()],
+                tips=_tips(subset, metric),
+            ))
+        panel.empty = not panel.series
+        panels.append(panel)
     return panels
 
 

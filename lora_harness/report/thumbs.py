@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from lora_harness.cases import safe_id
-from lora_harness.images import DEFAULT_PIXEL_LIMIT
+from lora_harness.images import DEFAULT_PIXEL_LIMIT, allow_pixels, bomb_pixels, oversize_message
 
 THUMBS_DIRNAME = "thumbs"
 JPEG_QUALITY = 82
@@ -54,11 +54,16 @@ def thumbnail_name(case_key: str) -> str:
 
 def make_thumbnail(source: Path, target: Path, max_px: int, *, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> None:
     """Decode `source` (reduced while decoding where the format allows) and write a JPEG thumbnail."""
+    allow_pixels(pixel_limit)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        with Image.open(source) as img:
+        try:
+            img = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(oversize_message(source, pixel_limit, pixels=bomb_pixels(exc))) from None
+        with img:
             if img.width * img.height > pixel_limit:
-                raise ValueError(f"{img.width}x{img.height} exceeds the pixel limit of {pixel_limit:,}")
+                raise ValueError(oversize_message(source, pixel_limit, size=(img.width, img.height)))
             img.draft("RGB", (max_px, max_px))  # JPEG: decode at 1/2, 1/4 or 1/8 scale
             if img.mode not in ("RGB", "L"):
                 img = img.convert("RGBA") if "A" in img.mode or "transparency" in img.info else img.convert("RGB")

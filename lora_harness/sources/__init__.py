@@ -17,18 +17,11 @@ __all__ = ["GenerateSourceError", "SampleFolderError", "collect_cases"]
 def collect_cases(config: EvalConfig) -> list[EvalCase]:
     """Cases of every source; two sources yielding the same case key (same LoRA name) are an error."""
     cases: dict[str, EvalCase] = {}
-    for source in config.sources:
-        if isinstance(source, GenerateSource):
-            found: list[EvalCase] = list(collect_generate_cases(source, run_dir=config.run_dir))
-        else:
-            found = collect_sample_cases(
-                source.path,
-                prompts_file=source.prompts,
-                loraname=source.loraname,
-                variant=source.name or source.path.name,
-                ignore_unmatched=source.ignore_unmatched,
-                on_duplicate=source.on_duplicate,
-            )
+    for index, source in enumerate(config.sources):
+        try:
+            found = _source_cases(source, config)
+        except ValueError as exc:  # which [[sources]] entry: with several folders the path alone can mislead
+            raise _with_key(exc, f"sources[{index}] (path = '{source.path}')") from None
         for case in found:
             other = cases.get(case.key)
             if other is not None and same_generation(other, case):
@@ -40,3 +33,23 @@ def collect_cases(config: EvalConfig) -> list[EvalCase]:
                 )
             cases[case.key] = case
     return list(cases.values())
+
+
+def _source_cases(source: object, config: EvalConfig) -> list[EvalCase]:
+    if isinstance(source, GenerateSource):
+        return list(collect_generate_cases(source, run_dir=config.run_dir))
+    return collect_sample_cases(
+        source.path,  # type: ignore[attr-defined]
+        prompts_file=source.prompts,  # type: ignore[attr-defined]
+        loraname=source.loraname,  # type: ignore[attr-defined]
+        variant=source.name or source.path.name,  # type: ignore[attr-defined]
+        ignore_unmatched=source.ignore_unmatched,  # type: ignore[attr-defined]
+        on_duplicate=source.on_duplicate,  # type: ignore[attr-defined]
+    )
+
+
+def _with_key(exc: ValueError, key: str) -> ValueError:
+    try:
+        return type(exc)(f"{key}: {exc}")
+    except TypeError:
+        return ValueError(f"{key}: {exc}")

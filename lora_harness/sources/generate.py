@@ -25,7 +25,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lora_harness.cases import EvalCase, Prompt, StepKind, safe_id
-from lora_harness.prompts import parse_prompt_line, read_prompt_file
+from lora_harness.prompts import parse_prompt_lines, read_prompt_file
 
 DEFAULT_SEED = 42
 BASE_MODEL_NAME = "base-model"
@@ -376,8 +376,7 @@ def source_prompts(source: GenerateSource) -> list[Prompt]:
     if isinstance(source.prompts, Path):
         prompts = read_prompt_file(source.prompts)
     else:
-        texts = [text for text in source.prompts if text.strip() and not text.lstrip().startswith("#")]
-        prompts = [parse_prompt_line(text, f"{i:02d}", source="prompts") for i, text in enumerate(texts)]
+        prompts = parse_prompt_lines(source.prompts, source="prompts")  # kohya's rules, as for a file
     overrides = {
         "width": source.width, "height": source.height, "steps": source.steps, "guidance": source.guidance,
         "cfg_scale": source.cfg_scale, "negative": source.negative,

@@ -7,6 +7,7 @@ are matched from the right with one anchored pattern instead of being split on `
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +72,7 @@ def collect_sample_cases(
         raise SampleFolderError(f"sample folder not found: {folder}; check `path` of the source in the config")
     if not folder.is_dir():
         raise SampleFolderError(f"sample source is not a folder: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sample_files(folder)
     if not files:  # checked before the prompt file: a wrong folder usually has neither
         raise SampleFolderError(
             f"no sample images (*{', *'.join(IMAGE_SUFFIXES)}) in {folder}; "
@@ -121,6 +122,40 @@ def collect_sample_cases(
     if not cases:
         raise SampleFolderError(f"{folder}: no kohya sample images left after ignoring unmatched files")
     return sorted(cases.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step, c.prompt_id, c.seed or 0))
+
+
+def sample_files(folder: Path) -> list[Path]:
+    """The image files of a sample folder, sorted.
+
+    Names starting with `.` are skipped: macOS writes AppleDouble twins (`._<name>.png`) beside every file
+    on a foreign volume, and they would parse as a LoRA named `._<name>`. A symlink that points nowhere (or
+    into a loop) is an error naming it, rather than a sample silently missing from the scores.
+    """
+    files = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if path.is_symlink():
+            try:
+                target = path.resolve(strict=True)
+            except (OSError, RuntimeError) as exc:  # ELOOP: OSError on 3.13+, RuntimeError before
+                loop = isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP
+                reason = "a symlink loop" if loop else "a broken symlink"
+                raise SampleFolderError(
+                    f"{path} is {reason} (-> {_link_text(path)}); fix or remove the link, or copy the image there"
+                ) from None
+            if not target.is_file():
+                raise SampleFolderError(f"{path} is a symlink to {target}, which is not a file; remove the link")
+        if path.is_file():
+            files.append(path)
+    return files
+
+
+def _link_text(path: Path) -> str:
+    try:
+        return str(path.readlink())
+    except OSError:
+        return "?"
 
 
 def _find_prompt_file(folder: Path) -> Path:
