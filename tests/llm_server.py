@@ -33,6 +33,7 @@ from PIL import Image
 
 FAULT_KINDS = (
     "429", "500", "delay", "malformed", "out_of_range", "refusal", "truncated", "echo_auth", "401", "missing_key",
+    "bad_score", "403", "404",
 )
 
 
@@ -43,6 +44,8 @@ class Fault:
     retry_after: str | None = None  # 429/500: the Retry-After header value (seconds), None = no header
     delay: float = 0.0  # "delay": seconds before answering
     match: Callable[["Request"], bool] | None = None
+    value: Any = None  # "bad_score": what the score becomes (True, "0.7", ...): a server ignoring the schema
+    keys: tuple[str, ...] | None = None  # "bad_score": only these criteria (None: all)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -83,6 +86,7 @@ class Call:
     fault: str | None
     status: int
     has_authorization: bool
+    text: str = ""  # the request's text parts (rubric wording, prompt)
 
 
 @dataclass
@@ -148,6 +152,11 @@ class FakeOpenAIServer:
         with self._lock:
             return [c.fingerprint for c in self.calls]
 
+    @property
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [c.text for c in self.calls]
+
     def ok_calls(self) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.status == 200 and c.fault is None]
@@ -164,7 +173,7 @@ class FakeOpenAIServer:
         with self._lock:
             self.calls.append(
                 Call(len(self.calls), started, request.fingerprint, request.keys, request.schema_name,
-                     None if fault is None else fault.kind, status, request.authorization is not None)
+                     None if fault is None else fault.kind, status, request.authorization is not None, request.text)
             )
 
     # --- answers -----------------------------------------------------------------------------------------
@@ -251,12 +260,14 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {}
         if fault is not None and fault.retry_after is not None:
             headers["Retry-After"] = fault.retry_after
-        if kind in ("429", "500", "401", "echo_auth"):
-            status = {"429": 429, "500": 500, "401": 401, "echo_auth": 400}[kind]
+        if kind in ("429", "500", "401", "403", "404", "echo_auth"):
+            status = {"429": 429, "500": 500, "401": 401, "403": 403, "404": 404, "echo_auth": 400}[kind]
             message = {
                 429: "Rate limit reached for requests",
                 500: "The server had an error while processing your request",
                 401: "Incorrect API key provided",
+                403: "You are not allowed to sample from this model",
+                404: f"The model `{request.model}` does not exist or you do not have access to it.",
                 400: f"Invalid request; you sent the header Authorization: {request.authorization}",
             }[status]
             server._record(request, fault, status, started)
@@ -273,6 +284,13 @@ class _Handler(BaseHTTPRequestHandler):
             content = content[: len(content) // 2]
         elif kind == "out_of_range":
             answer = _out_of_range(answer)
+            content = json.dumps(answer)
+        elif kind == "bad_score":
+            if "score" in answer:  # one criterion: the answer object itself
+                answer = {**answer, "score": fault.value}
+            else:
+                answer = {k: ({**v, "score": fault.value} if fault.keys is None or k in fault.keys else v)
+                          for k, v in answer.items()}
             content = json.dumps(answer)
         elif kind == "missing_key":
             content = json.dumps({k: v for k, v in list(answer.items())[1:]}) if len(answer) > 1 else "{}"

@@ -287,7 +287,7 @@ def test_edge_map_goes_as_a_lossless_png_unless_jpeg_is_asked_for(llm_server, tm
     jpeg_judge = LlmRubricJudge(base_url=llm_server.url, edges_format="jpeg")
     jpeg = EncodedImage(pixels, jpeg_judge.options).edges_url()
     assert png.startswith("data:image/png;base64,") and jpeg.startswith("data:image/jpeg;base64,")
-    assert LlmRubricJudge(base_url=llm_server.url).request_fields(0) != jpeg_judge.request_fields(0)  # own cache entries
+    assert LlmRubricJudge(base_url=llm_server.url).request_fields(0, "d") != jpeg_judge.request_fields(0, "d")  # own cache entries
 
 
 # --- pairwise ----------------------------------------------------------------------------------------------

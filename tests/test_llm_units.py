@@ -382,7 +382,7 @@ def test_seed_false_in_toml_sends_no_seed():
     from lora_harness.judges.llm import LlmRubricJudge
 
     judge = LlmRubricJudge(base_url="http://127.0.0.1:9/v1", seed=False)
-    assert judge.seed(0) is None and judge.request_fields(1)["seed"] is None
+    assert judge.seed(0) is None and judge.request_fields(1, "d")["seed"] is None
 
 
 def test_endpoint_key_from_environment_before_dotenv_and_never_in_repr(tmp_path, monkeypatch):

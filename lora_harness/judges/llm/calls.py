@@ -201,6 +201,7 @@ class CallRunner:
             outcome.problems = {key: stop.reason or "not sent" for key in plan.keys}
             return outcome
         problems: dict[str, str] = {}
+        kept: dict[str, dict[str, Any]] = {}  # valid answers so far, by key, from any attempt
         for _ in range(self.settings.answer_retries + 1):
             try:
                 response, attempts = call_with_retries(
@@ -211,18 +212,21 @@ class CallRunner:
                     describe=self._describe,
                 )
             except TransientFailure as exc:
-                outcome.problems = {key: self._redact(str(exc)) for key in plan.keys}
-                return outcome
+                return self._unanswered(outcome, plan, kept, self._redact(str(exc)))
             except Exception as exc:
                 message, fatal = self._failure(exc)
                 if fatal:
                     stop.set(f"not sent: an earlier request of this batch failed with: {message}")
-                outcome.problems = {key: message for key in plan.keys}
-                return outcome
+                return self._unanswered(outcome, plan, kept, message)
             prompt_tokens, completion_tokens = _usage(response)
             self.limiter.settle(plan.tokens, None if prompt_tokens is None else prompt_tokens + (completion_tokens or 0))
             content, problem = _content(response, self.settings.max_tokens)
             answers, problems = ({}, {key: problem for key in plan.keys}) if problem else plan.parse(content)
+            # A key answered validly once stays answered: a re-ask that fixes the other keys but spoils
+            # this one must not turn a good answer into an error. (Later valid answers do not replace it.)
+            for key, answer in answers.items():
+                kept.setdefault(key, answer)
+            problems = {key: message for key, message in problems.items() if key not in kept}
             outcome.calls.append(
                 CallRecord(
                     id=uuid.uuid4().hex,
@@ -235,14 +239,20 @@ class CallRunner:
                 )
             )
             if not problems:
-                outcome.answers = answers
+                outcome.answers = {key: kept[key] for key in plan.keys}
                 return outcome
-            outcome.answers = answers  # keys that were fine this time, kept if a later attempt fails
         tries = self.settings.answer_retries + 1
         outcome.problems = {
             key: self._redact(f"{message} (asked {tries} time{'s' if tries > 1 else ''})") for key, message in problems.items()
         }
-        outcome.answers = {k: v for k, v in outcome.answers.items() if k not in outcome.problems}
+        outcome.answers = {key: kept[key] for key in plan.keys if key in kept}
+        return outcome
+
+    @staticmethod
+    def _unanswered(outcome: CallOutcome, plan: CallPlan, kept: dict[str, dict[str, Any]], message: str) -> CallOutcome:
+        """A re-ask failed outright: keys answered validly by an earlier attempt keep their answers."""
+        outcome.answers = {key: kept[key] for key in plan.keys if key in kept}
+        outcome.problems = {key: message for key in plan.keys if key not in kept}
         return outcome
 
     def _body(self, plan: CallPlan, messages: list[dict[str, Any]]) -> bytes:

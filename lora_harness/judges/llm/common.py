@@ -28,7 +28,7 @@ from lora_harness.judges.llm.encoding import (
 )
 from lora_harness.judges.llm.options import LlmOptions
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, split
-from lora_harness.judges.llm.rubrics import RUBRIC_DIGEST, RUBRIC_VERSION
+from lora_harness.judges.llm.rubrics import RUBRIC_VERSION
 from lora_harness.models import ModelUnavailable
 
 CACHE_SUBDIR = "llm"
@@ -143,15 +143,16 @@ class LlmJudgeBase:
             out.append((digest, encoded))
         return out
 
-    def request_fields(self, repeat: int) -> dict[str, Any]:
-        """Cache-key fields common to every call of this judge (never the API key)."""
+    def request_fields(self, repeat: int, rubric_digest: str) -> dict[str, Any]:
+        """Cache-key fields common to every call of this judge (never the API key). `rubric_digest` covers
+        only the wording this call sends (`rubrics.group_digest` / `pairwise_digest`)."""
         o = self.options
         return {
             "judge": self.name,
             "model": o.model,
             "host": self._host,
             "rubric_version": RUBRIC_VERSION,
-            "rubric_digest": RUBRIC_DIGEST,
+            "rubric_digest": rubric_digest,
             "repeat": repeat,
             "seed": None if o.seed is None else o.seed + repeat,
             "temperature": o.temperature,

@@ -25,7 +25,7 @@ from lora_harness.judges.llm.client import Endpoint
 from lora_harness.judges.llm.common import EncodedImage, LlmJudgeBase, check_rgb, mean_std, text_tokens
 from lora_harness.judges.llm.encoding import pixel_hash
 from lora_harness.judges.llm.options import PairwiseOptions, parse_options
-from lora_harness.judges.llm.rubrics import PAIRWISE_RUBRIC, RUBRIC_VERSION, pairwise_messages
+from lora_harness.judges.llm.rubrics import PAIRWISE_RUBRIC, RUBRIC_VERSION, pairwise_digest, pairwise_messages
 from lora_harness.judges.llm.schemas import pair_schema, parse_pair
 
 METRIC = "pairwise_preference"
@@ -204,7 +204,7 @@ class LlmPairwiseJudge(LlmJudgeBase):
         context: JudgeContext,
     ) -> CallPlan:
         fields = {
-            **self.request_fields(repeat),
+            **self.request_fields(repeat, pairwise_digest()),
             "pair": [first[0], second[0]],
             "reference": reference[0] if reference else None,
             "prompt": case.prompt.text,

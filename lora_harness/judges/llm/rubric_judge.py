@@ -24,6 +24,7 @@ from lora_harness.judges.llm.options import RubricOptions, parse_options
 from lora_harness.judges.llm.rubrics import (
     RUBRIC_VERSION,
     Criterion,
+    group_digest,
     images_needed,
     rubric_messages,
     select_criteria,
@@ -117,7 +118,7 @@ class LlmRubricJudge(LlmJudgeBase):
         uses_prompt = any(c.uses_prompt for c in group)
         refs = references if "reference" in roles else []
         fields = {
-            **self.request_fields(repeat),
+            **self.request_fields(repeat, group_digest(group)),
             "criteria": [c.key for c in group],
             "image": digest,
             "references": [d for d, _ in refs],
