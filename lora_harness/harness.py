@@ -146,6 +146,7 @@ class Harness:
                 description=self.config.person.description,
                 cache_dir=self.config.run_dir / "cache",
                 worker_count=self.worker_count,
+                run_id=self.run_id,
             )
         return self._context
 

@@ -29,7 +29,7 @@ from lora_harness.judges.llm.encoding import (
     png_bilevel_data_url,
 )
 from lora_harness.judges.llm.options import RubricOptions, parse_options
-from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds, split
+from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds
 from lora_harness.judges.llm.rubrics import CRITERIA, RUBRIC_DIGEST, images_needed, rubric_messages, select_criteria
 from lora_harness.judges.llm.schemas import answer_schema, pair_schema, parse_criteria, parse_pair
 
@@ -304,10 +304,6 @@ def test_pause_holds_every_request():
     limiter.pause(2.5)
     assert limiter.acquire(1) == pytest.approx(2.5)
     assert limiter.acquire(1) == 0.0
-
-
-def test_limits_are_split_across_workers():
-    assert split(600, 4) == 150 and split(None, 4) is None and split(600, 0) == 600
 
 
 def test_retry_after_header_forms():

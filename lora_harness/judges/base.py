@@ -37,6 +37,7 @@ class JudgeContext:
     description: str | None = None  # plain words for the person, for models that do not know the token
     cache_dir: Path | None = None  # a folder the judge may use for a content-addressed cache
     worker_count: int = 1  # processes judging at once (xdist workers): split rate limits by this
+    run_id: str | None = None  # the pytest run (shared by its xdist workers): scopes run-wide judge state
 
 
 @runtime_checkable

@@ -8,7 +8,10 @@ by key, the problems of the keys it could not answer, and a record of every API 
 Failures are per plan and never raise: transient ones (429, 5xx, timeouts) are retried with backoff; an
 unusable answer (malformed JSON, a score outside [0, 1], a refusal, a cut-off answer) is asked again
 `answer_retries` times; what still fails becomes a problem message. Authentication and unknown-model
-errors stop the remaining plans of the batch, since every one of them would fail the same way.
+errors (401/403/404) stop every later request of the judge in the whole run (`runwide.FatalFlag`, shared
+by the xdist workers), since every one of them would fail the same way; requests already on the wire are
+the only ones that follow the first such answer. Request slots (`runwide.RequestSlots`) bound the requests
+on the wire across the run's processes to `max_in_flight`.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from lora_harness.judges.llm.client import Endpoint, redact
 from lora_harness.judges.llm.cost import CallRecord, Prices
 from lora_harness.judges.llm.encoding import one_opencv_thread
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, TransientFailure, call_with_retries
+from lora_harness.judges.llm.runwide import FatalFlag, RequestSlots
 from lora_harness.judges.llm.schemas import response_format
 
 FATAL_STATUS = frozenset({401, 403, 404})
@@ -56,6 +60,7 @@ class CallOutcome:
     problems: dict[str, str] = field(default_factory=dict)
     calls: list[CallRecord] = field(default_factory=list)
     cached: bool = False
+    fatal: str | None = None  # the run-wide stop this plan ran into (401/403/404), for the summary
 
 
 @dataclass(frozen=True)
@@ -79,8 +84,12 @@ class CallRunner:
         limiter: RateLimiter,
         cache: AnswerCache | None,
         judge_name: str,
+        slots: RequestSlots | None = None,
+        fatal: FatalFlag | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.slots = slots or RequestSlots(settings.max_in_flight)
+        self.fatal = fatal or FatalFlag()
         self.client_factory = client_factory
         self.settings = settings
         self.limiter = limiter
@@ -119,7 +128,6 @@ class CallRunner:
         earlier ones are in flight keeps every request slot busy. At most 2 x max_in_flight requests are
         prepared and unfinished at once, which bounds the memory their base64 images take.
         """
-        stop = _Stop()
         workers = max(1, min(self.settings.max_in_flight, len(plans)))
         window = threading.Semaphore(2 * workers)
         prepared: list[Future] = [Future() for _ in plans]
@@ -128,7 +136,7 @@ class CallRunner:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                future.set_result(None if stop.reason is not None else self._body(plan, plan.build_messages()))
+                future.set_result(None if self.fatal.reason is not None else self._body(plan, plan.build_messages()))
             except Exception as exc:  # e.g. an image the encoder cannot handle: this plan only
                 future.set_exception(exc)
 
@@ -145,7 +153,7 @@ class CallRunner:
         writes: list[Future] = []
 
         def ask(i: int) -> CallOutcome:
-            outcome = self._ask(plans[i], prepared[i], window, stop)
+            outcome = self._ask(plans[i], prepared[i], window)
             if self.cache is not None and outcome.calls and not outcome.problems:
                 writes.append(writer.submit(self._store, plans[i], outcome))
             return outcome
@@ -184,25 +192,26 @@ class CallRunner:
         )
         return CallOutcome(answers=answers, calls=[record], cached=True)
 
-    def _ask(self, plan: CallPlan, prepared: Future, window: threading.Semaphore, stop: "_Stop") -> CallOutcome:
+    def _ask(self, plan: CallPlan, prepared: Future, window: threading.Semaphore) -> CallOutcome:
         try:
-            return self._ask_prepared(plan, prepared, stop)
+            return self._ask_prepared(plan, prepared)
         finally:
             window.release()  # this request is done: the encoders may prepare another
 
-    def _ask_prepared(self, plan: CallPlan, prepared: Future, stop: "_Stop") -> CallOutcome:
+    def _ask_prepared(self, plan: CallPlan, prepared: Future) -> CallOutcome:
         outcome = CallOutcome()
         try:
             body = prepared.result()
         except Exception as exc:
             outcome.problems = {key: f"could not build the request: {type(exc).__name__}: {exc}" for key in plan.keys}
             return outcome
-        if stop.reason is not None or body is None:
-            outcome.problems = {key: stop.reason or "not sent" for key in plan.keys}
-            return outcome
+        if self.fatal.reason is not None or body is None:
+            return self._stopped(outcome, plan)
         problems: dict[str, str] = {}
         kept: dict[str, dict[str, Any]] = {}  # valid answers so far, by key, from any attempt
         for _ in range(self.settings.answer_retries + 1):
+            if self.fatal.reason is not None:
+                return self._stopped(outcome, plan, kept)
             try:
                 response, attempts = call_with_retries(
                     lambda: self._send(body),
@@ -213,10 +222,12 @@ class CallRunner:
                 )
             except TransientFailure as exc:
                 return self._unanswered(outcome, plan, kept, self._redact(str(exc)))
+            except _Stopped:
+                return self._stopped(outcome, plan, kept)
             except Exception as exc:
                 message, fatal = self._failure(exc)
                 if fatal:
-                    stop.set(f"not sent: an earlier request of this batch failed with: {message}")
+                    outcome.fatal = self.fatal.set(message)
                 return self._unanswered(outcome, plan, kept, message)
             prompt_tokens, completion_tokens = _usage(response)
             self.limiter.settle(plan.tokens, None if prompt_tokens is None else prompt_tokens + (completion_tokens or 0))
@@ -248,6 +259,12 @@ class CallRunner:
         outcome.answers = {key: kept[key] for key in plan.keys if key in kept}
         return outcome
 
+    def _stopped(self, outcome: CallOutcome, plan: CallPlan, kept: dict[str, dict[str, Any]] | None = None) -> CallOutcome:
+        """Not sent: a request of this run already got an answer no retry can fix."""
+        reason = self.fatal.reason or "not sent"
+        outcome.fatal = reason
+        return self._unanswered(outcome, plan, kept or {}, f"not sent: an earlier request of this run failed with: {reason}")
+
     @staticmethod
     def _unanswered(outcome: CallOutcome, plan: CallPlan, kept: dict[str, dict[str, Any]], message: str) -> CallOutcome:
         """A re-ask failed outright: keys answered validly by an earlier attempt keep their answers."""
@@ -274,7 +291,17 @@ class CallRunner:
         # recursively transforming) hundreds of KB of base64 images on every attempt.
         from openai.types.chat import ChatCompletion
 
-        return self.client().post("/chat/completions", content=body, cast_to=ChatCompletion)
+        # The run-wide stop is read after taking a slot and written before giving the slot back: no request
+        # leaves once any worker has seen a 401/403/404 (see `runwide`).
+        with self.slots.hold():
+            if self.fatal.reason is not None:
+                raise _Stopped(self.fatal.reason)
+            try:
+                return self.client().post("/chat/completions", content=body, cast_to=ChatCompletion)
+            except Exception as exc:
+                if getattr(exc, "status_code", None) in FATAL_STATUS:
+                    self.fatal.set(self._failure(exc)[0])
+                raise
 
     def _store(self, plan: CallPlan, outcome: CallOutcome) -> None:
         assert self.cache is not None
@@ -362,17 +389,8 @@ def _splice_safe(url: str) -> bool:
     return url.startswith("data:") and url.isascii() and '"' not in url and "\\" not in url
 
 
-class _Stop:
-    """Set once by the first fatal error; later plans report it instead of calling."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-        self._lock = threading.Lock()
-
-    def set(self, reason: str) -> None:
-        with self._lock:
-            if self.reason is None:
-                self.reason = reason
+class _Stopped(Exception):
+    """Raised instead of sending when the run-wide stop flag is set (never retried: `classify` says no)."""
 
 
 def _first_line(text: str, limit: int = 300) -> str:

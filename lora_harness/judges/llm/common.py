@@ -27,7 +27,8 @@ from lora_harness.judges.llm.encoding import (
     png_bilevel_data_url,
 )
 from lora_harness.judges.llm.options import LlmOptions
-from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, split
+from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy
+from lora_harness.judges.llm.runwide import FatalFlag, RequestSlots, SharedRateLimiter, run_folder
 from lora_harness.judges.llm.rubrics import RUBRIC_VERSION
 from lora_harness.models import ModelUnavailable
 
@@ -99,13 +100,19 @@ class LlmJudgeBase:
             raise ModelUnavailable(f"{self.name}: {reason}")
 
     def runner(self, context: JudgeContext) -> CallRunner:
-        """One runner per (cache folder, worker count): limits are this process's share of the account's."""
-        key = (context.cache_dir, context.worker_count)
+        """One runner per (cache folder, worker count, run). Under xdist (`worker_count > 1`) its request slots,
+        rate limits and fatal-error stop are the run's, shared through files in the run folder (`runwide`), so
+        `max_in_flight`, `requests_per_minute` and `tokens_per_minute` are exact totals for the run."""
+        key = (context.cache_dir, context.worker_count, context.run_id)
         with self._lock:
             if self._runner is None or self._runner_key != key:
                 o = self.options
-                workers = max(1, context.worker_count)
-                limiter = RateLimiter(split(o.requests_per_minute, workers), split(o.tokens_per_minute, workers))
+                folder = run_folder(context.cache_dir, self.name) if context.worker_count > 1 else None
+                if folder is not None:
+                    limiter: RateLimiter = SharedRateLimiter(folder, o.requests_per_minute, o.tokens_per_minute)
+                else:
+                    limiter = RateLimiter(o.requests_per_minute, o.tokens_per_minute)
+                flag = folder / f"fatal-{context.run_id}.txt" if folder is not None and context.run_id else None
                 cache = None
                 if o.cache and context.cache_dir is not None:
                     cache = AnswerCache(Path(context.cache_dir) / CACHE_SUBDIR)
@@ -113,7 +120,7 @@ class LlmJudgeBase:
                     temperature=o.temperature,
                     max_tokens=o.max_tokens,
                     max_tokens_param=o.max_tokens_param,
-                    max_in_flight=max(1, o.max_in_flight // workers),
+                    max_in_flight=o.max_in_flight,  # threads per process; the slots bound the run's total
                     answer_retries=o.answer_retries,
                     retry=RetryPolicy(o.max_retries, o.backoff_initial, o.backoff_max, o.max_retry_after),
                     prices=Prices(o.price_input_per_mtok, o.price_output_per_mtok),
@@ -126,6 +133,8 @@ class LlmJudgeBase:
                     limiter=limiter,
                     cache=cache,
                     judge_name=self.name,
+                    slots=RequestSlots(o.max_in_flight, folder),
+                    fatal=FatalFlag(flag),
                 )
                 if previous is not None and previous._client is not None:
                     self._runner._client = previous._client  # keep the connection pool

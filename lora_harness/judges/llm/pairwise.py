@@ -267,6 +267,9 @@ class LlmPairwiseJudge(LlmJudgeBase):
             "cached": all(outcomes[p].cached for _, _, p in slots),
             "calls": calls,
         }
+        stopped = next((outcomes[p].fatal for _, _, p in slots if outcomes[p].fatal), None)
+        if stopped:
+            raw["stopped"] = stopped  # the run-wide stop (401/403/404): one summary line names it
         if answers:
             raw["mean"], raw["std"] = mean_std([a["candidate_preference"] for a in answers])
             firsts = [a["preference"] for a in answers if a["order"] == "baseline_first"]

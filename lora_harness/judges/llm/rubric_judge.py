@@ -208,6 +208,9 @@ class LlmRubricJudge(LlmJudgeBase):
                 "completion": sum(c["completion_tokens"] for c in calls if not c["cached"]),
             },
         }
+        stopped = next((o.fatal for _, o in repeats if o.fatal), None)
+        if stopped:
+            raw["stopped"] = stopped  # the run-wide stop (401/403/404): one summary line names it
         if len(repeats) > 1:
             raw["justifications"] = [s["justification"] for s in samples]
         if samples:
