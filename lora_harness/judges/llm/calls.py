@@ -24,7 +24,7 @@ import uuid
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from lora_harness.judges.llm.cache import AnswerCache
 from lora_harness.judges.llm.client import Endpoint, redact
@@ -33,6 +33,8 @@ from lora_harness.judges.llm.encoding import one_opencv_thread
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, TransientFailure, call_with_retries
 from lora_harness.judges.llm.runwide import FatalFlag, RequestSlots
 from lora_harness.judges.llm.schemas import response_format
+
+T = TypeVar("T")
 
 FATAL_STATUS = frozenset({401, 403, 404})
 ENCODE_WORKERS = max(1, min(8, os.cpu_count() or 2))  # encoding is CPU-bound: about one thread per core
@@ -97,6 +99,14 @@ class CallRunner:
         self.judge_name = judge_name
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._pools_lock = threading.Lock()
+        self._calls: ThreadPoolExecutor | None = None
+        self._encoders: ThreadPoolExecutor | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._inflight: dict[str, Future[CallOutcome]] = {}
+        self._closed = False
+        self._writes = 0
+        self._failed_writes: list[BaseException] = []
 
     def client(self) -> Any:
         with self._client_lock:
@@ -106,69 +116,88 @@ class CallRunner:
 
     def run(self, plans: Sequence[CallPlan]) -> list[CallOutcome]:
         """Outcomes in plan order. Plans with the same key are asked once and share the outcome."""
-        outcomes: dict[str, CallOutcome] = {}
-        pending: dict[str, CallPlan] = {}
-        for plan in plans:
-            if plan.key in outcomes or plan.key in pending:
-                continue
-            hit = self._from_cache(plan)
-            if hit is not None:
-                outcomes[plan.key] = hit
-            else:
-                pending[plan.key] = plan
-        if pending:
-            for key, outcome in zip(pending, self._ask_all(list(pending.values()))):
-                outcomes[key] = outcome
-        return [outcomes[plan.key] for plan in plans]
+        outcomes = [future.result() for future in self.submit(plans)]
+        self.report_failed_writes()
+        return outcomes
 
-    def _ask_all(self, plans: list[CallPlan]) -> list[CallOutcome]:
-        """Request workers (max_in_flight) send; a few encoder threads prepare requests ahead of them.
+    def submit(self, plans: Sequence[CallPlan]) -> list["Future[CallOutcome]"]:
+        """Queue `plans` behind everything submitted before and return their outcomes as futures, at once.
+
+        One pool of `max_in_flight` request threads serves every submission of this process, first come
+        first served, so a caller can submit the next checkpoints while an earlier one is still in flight:
+        a checkpoint of three images no longer caps concurrency at three, nor waits for its slowest answer
+        before the next one starts. Cache hits are answered here, synchronously. A plan whose key is already
+        in flight (same question asked again) shares that future instead of asking twice.
+        """
+        futures: list[Future[CallOutcome]] = []
+        mine: dict[str, Future[CallOutcome]] = {}
+        for plan in plans:
+            with self._pools_lock:
+                future = mine.get(plan.key) or self._inflight.get(plan.key)
+            if future is None:
+                hit = self._from_cache(plan)
+                if hit is not None:
+                    future = Future()
+                    future.set_result(hit)
+                else:
+                    future = self._enqueue(plan)
+            mine[plan.key] = future
+            futures.append(future)
+        return futures
+
+    def _enqueue(self, plan: CallPlan) -> "Future[CallOutcome]":
+        """Encode in the encoder pool (CPU), then ask in the request pool (waiting); both FIFO and long-lived.
 
         Encoding (JPEG, edge map) is CPU work and sending is waiting: preparing the next requests while
-        earlier ones are in flight keeps every request slot busy. At most 2 x max_in_flight requests are
-        prepared and unfinished at once, which bounds the memory their base64 images take.
+        earlier ones are in flight keeps every request slot busy.
         """
-        workers = max(1, min(self.settings.max_in_flight, len(plans)))
-        window = threading.Semaphore(2 * workers)
-        prepared: list[Future] = [Future() for _ in plans]
+        with self._pools_lock:
+            if self._closed:
+                raise RuntimeError(f"{self.judge_name}: the call runner was closed")
+            if self._calls is None:
+                self._calls = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix=f"{self.judge_name}-call")
+                self._encoders = ThreadPoolExecutor(max_workers=ENCODE_WORKERS, thread_name_prefix=f"{self.judge_name}-encode")
+                # Cache writes (fsync: ~5 ms each when 16 land at once) go to one writer thread, so a request
+                # slot moves on to its next request as soon as its answer is parsed.
+                self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.judge_name}-cache")
+            done: Future[CallOutcome] = Future()
+            self._inflight[plan.key] = done
+            _OPENCV.enter()
+            prepared = self._encoders.submit(self._prepare, plan)
+            self._calls.submit(self._ask, plan, prepared, done)
+        return done
 
-        def prepare(plan: CallPlan, future: Future) -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(None if self.fatal.reason is not None else self._body(plan, plan.build_messages()))
-            except Exception as exc:  # e.g. an image the encoder cannot handle: this plan only
-                future.set_exception(exc)
+    def _prepare(self, plan: CallPlan) -> bytes | None:
+        """The request body, or None when the run was stopped (nothing will be sent: do not encode)."""
+        return None if self.fatal.reason is not None else self._body(plan, plan.build_messages())
 
-        encoders = ThreadPoolExecutor(max_workers=min(ENCODE_WORKERS, len(plans)), thread_name_prefix=f"{self.judge_name}-encode")
-
-        def feed() -> None:
-            for plan, future in zip(plans, prepared):
-                window.acquire()
-                encoders.submit(prepare, plan, future)
-
-        # Cache writes (fsync: ~5 ms each when 16 land at once) go to one writer thread, so a request slot
-        # moves on to its next request as soon as its answer is parsed.
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.judge_name}-cache")
-        writes: list[Future] = []
-
-        def ask(i: int) -> CallOutcome:
-            outcome = self._ask(plans[i], prepared[i], window)
+    def _ask(self, plan: CallPlan, prepared: Future, done: "Future[CallOutcome]") -> None:
+        try:
+            outcome = self._ask_prepared(plan, prepared)
+            written = False
             if self.cache is not None and outcome.calls and not outcome.problems:
-                writes.append(writer.submit(self._store, plans[i], outcome))
-            return outcome
+                assert self._writer is not None
+                write = self._writer.submit(self._store, plan, outcome)
+                # in flight until the entry is on disk: the same question submitted meanwhile shares this one
+                write.add_done_callback(lambda w: self._count_write(w, plan.key))
+                written = True
+            done.set_result(outcome)
+        except BaseException as exc:  # a bug here must fail this plan's score, not hang its caller
+            written = False
+            done.set_exception(exc)
+        finally:
+            _OPENCV.leave()
+        if not written:
+            with self._pools_lock:
+                self._inflight.pop(plan.key, None)
 
-        with one_opencv_thread():
-            feeder = threading.Thread(target=feed, name=f"{self.judge_name}-feed", daemon=True)
-            feeder.start()
-            try:
-                with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.judge_name}-call") as pool:
-                    return list(pool.map(ask, range(len(plans))))
-            finally:
-                feeder.join()
-                encoders.shutdown(wait=True)
-                writer.shutdown(wait=True)
-                self._report_failed_writes(writes)
+    def close(self) -> None:
+        """Stop the pools once queued work is done (a runner replaced by another; process end)."""
+        with self._pools_lock:
+            self._closed = True
+            pools = [p for p in (self._calls, self._encoders, self._writer) if p is not None]
+        for pool in pools:
+            pool.shutdown(wait=False)  # queued plans still finish: their callers wait for them
 
     # --- one plan --------------------------------------------------------------------------------------
 
@@ -191,12 +220,6 @@ class CallRunner:
             cached=True,
         )
         return CallOutcome(answers=answers, calls=[record], cached=True)
-
-    def _ask(self, plan: CallPlan, prepared: Future, window: threading.Semaphore) -> CallOutcome:
-        try:
-            return self._ask_prepared(plan, prepared)
-        finally:
-            window.release()  # this request is done: the encoders may prepare another
 
     def _ask_prepared(self, plan: CallPlan, prepared: Future) -> CallOutcome:
         outcome = CallOutcome()
@@ -318,16 +341,33 @@ class CallRunner:
             },
         )
 
-    def _report_failed_writes(self, writes: list[Future]) -> None:
-        """A cache entry that could not be written costs a repeated call on the next run, never an answer."""
-        failed = [f.exception() for f in writes if f.exception() is not None]
+    def _count_write(self, write: Future, key: str) -> None:
+        with self._pools_lock:
+            self._inflight.pop(key, None)
+            self._writes += 1
+            if write.exception() is not None:
+                self._failed_writes.append(write.exception())
+
+    def report_failed_writes(self) -> None:
+        """Warn about cache entries that could not be written since the last report, after waiting for the
+        writes queued so far. A lost entry costs a repeated call on the next run, never an answer."""
+        with self._pools_lock:
+            writer = self._writer
+        if writer is not None:
+            try:
+                writer.submit(lambda: None).result()  # one FIFO thread: every earlier write is done
+            except RuntimeError:
+                pass  # closed
+        with self._pools_lock:
+            failed, total = self._failed_writes, self._writes
+            self._failed_writes, self._writes = [], 0
         if failed:
             where = self.cache.root if self.cache is not None else "?"
             warnings.warn(
-                f"{self.judge_name}: {len(failed)} of {len(writes)} answers could not be written to the cache at "
+                f"{self.judge_name}: {len(failed)} of {total} answers could not be written to the cache at "
                 f"{where} ({type(failed[0]).__name__}: {self._redact(str(failed[0]))}); the scores are kept, "
                 "a rerun asks for those answers again. Check free space and permissions there.",
-                stacklevel=2,
+                stacklevel=3,
             )
 
     # --- errors ----------------------------------------------------------------------------------------
@@ -351,6 +391,33 @@ class CallRunner:
         if status == 404:
             return f"not found at {where} ({text}); check the model name {self.endpoint.model!r} and base_url", True
         return f"request failed: {text}", False
+
+
+def when_all(futures: Sequence[Future], make: Callable[[], T]) -> "Future[T]":
+    """A future of `make()`, called (in the thread that finishes the last of `futures`) once all are done.
+    An exception from `make` (e.g. one of the futures failed) becomes the result future's exception."""
+    result: Future[T] = Future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def finish() -> None:
+        try:
+            result.set_result(make())
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    def one_done(_: Future) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            finish()
+
+    if not futures:
+        finish()
+    for future in futures:
+        future.add_done_callback(one_done)
+    return result
 
 
 def json_body(payload: dict[str, Any]) -> bytes:
@@ -387,6 +454,33 @@ def json_body(payload: dict[str, Any]) -> bytes:
 def _splice_safe(url: str) -> bool:
     """A base64 data URL: ASCII with no quote or backslash, so its JSON form is itself."""
     return url.startswith("data:") and url.isascii() and '"' not in url and "\\" not in url
+
+
+class _OneOpenCvThread:
+    """`one_opencv_thread` for as long as any plan of any runner is being encoded or asked (reference
+    counted: plans of overlapping submissions must not restore OpenCV's pool under each other's feet)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+        self._scope: Any = None
+
+    def enter(self) -> None:
+        with self._lock:
+            self._count += 1
+            if self._count == 1:
+                self._scope = one_opencv_thread()
+                self._scope.__enter__()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._count -= 1
+            if self._count == 0 and self._scope is not None:
+                scope, self._scope = self._scope, None
+                scope.__exit__(None, None, None)
+
+
+_OPENCV = _OneOpenCvThread()
 
 
 class _Stopped(Exception):

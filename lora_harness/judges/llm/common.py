@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lora_harness.judges.base import JudgeContext
+from lora_harness.judges.base import JudgeContext, Score
 from lora_harness.judges.llm.cache import AnswerCache
 from lora_harness.judges.llm.calls import CallRunner, CallSettings
 from lora_harness.judges.llm.client import Endpoint, make_client, resolve_endpoint
@@ -136,10 +137,18 @@ class LlmJudgeBase:
                     slots=RequestSlots(o.max_in_flight, folder),
                     fatal=FatalFlag(flag),
                 )
-                if previous is not None and previous._client is not None:
-                    self._runner._client = previous._client  # keep the connection pool
+                if previous is not None:
+                    if previous._client is not None:
+                        self._runner._client = previous._client  # keep the connection pool
+                    previous.close()
                 self._runner_key = key
             return self._runner
+
+    def collect(self, futures: Sequence["Future[list[Score]]"], context: JudgeContext) -> list[list[Score]]:
+        """Wait for `submit_batch` futures, in order; then warn about answers the cache could not keep."""
+        results = [future.result() for future in futures]
+        self.runner(context).report_failed_writes()
+        return results
 
     def references(self, context: JudgeContext) -> list[tuple[str, EncodedImage]]:
         """The first `max_references` reference photos with their pixel hashes, encoded once per process."""
