@@ -31,7 +31,8 @@ from lora_harness.judges.llm.client import Endpoint, redact
 from lora_harness.judges.llm.cost import CallRecord, Prices
 from lora_harness.judges.llm.encoding import one_opencv_thread
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, TransientFailure, call_with_retries
-from lora_harness.judges.llm.runwide import FatalFlag, RequestSlots
+from lora_harness.judges.llm.pool import AHEAD, URGENT, PriorityPool, Task
+from lora_harness.judges.llm.runwide import Claims, FatalFlag, RequestSlots
 from lora_harness.judges.llm.schemas import response_format
 
 T = TypeVar("T")
@@ -88,10 +89,14 @@ class CallRunner:
         judge_name: str,
         slots: RequestSlots | None = None,
         fatal: FatalFlag | None = None,
+        claims: Claims | None = None,
+        run_id: str | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.slots = slots or RequestSlots(settings.max_in_flight)
         self.fatal = fatal or FatalFlag()
+        self.claims = claims  # other workers of the run may ask the same questions ahead of their tests
+        self.run_id = run_id  # an answer cached by this run (another worker asked it) is this run's call
         self.client_factory = client_factory
         self.settings = settings
         self.limiter = limiter
@@ -100,13 +105,19 @@ class CallRunner:
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._pools_lock = threading.Lock()
-        self._calls: ThreadPoolExecutor | None = None
+        self._calls: PriorityPool | None = None
+        self._tasks: dict[str, Task] = {}  # queued or running plans by key, to move a needed one forward
+        self._unstored: dict[str, Future[CallOutcome]] = {}  # taken ahead and settled: for the next ask
+        self._ahead_keys: set[str] = set()  # queued ahead and nobody has asked for them since
         self._encoders: ThreadPoolExecutor | None = None
         self._writer: ThreadPoolExecutor | None = None
         self._inflight: dict[str, Future[CallOutcome]] = {}
         self._closed = False
         self._writes = 0
         self._failed_writes: list[BaseException] = []
+        self._backlog = 0  # plans this process queued to ask and not yet settled
+        self._waiting: list[tuple[CallPlan, Future[CallOutcome]]] = []  # asked by another worker right now
+        self._poller: threading.Thread | None = None
 
     def client(self) -> Any:
         with self._client_lock:
@@ -120,32 +131,88 @@ class CallRunner:
         self.report_failed_writes()
         return outcomes
 
-    def submit(self, plans: Sequence[CallPlan]) -> list["Future[CallOutcome]"]:
+    def submit(self, plans: Sequence[CallPlan], *, ahead: bool = False) -> list["Future[CallOutcome]"]:
         """Queue `plans` behind everything submitted before and return their outcomes as futures, at once.
 
         One pool of `max_in_flight` request threads serves every submission of this process, first come
         first served, so a caller can submit the next checkpoints while an earlier one is still in flight:
         a checkpoint of three images no longer caps concurrency at three, nor waits for its slowest answer
         before the next one starts. Cache hits are answered here, synchronously. A plan whose key is already
-        in flight (same question asked again) shares that future instead of asking twice.
+        in flight (same question asked again) shares that future instead of asking twice; an outcome that
+        could not be cached (a failed plan, or `cache = false`) is handed to the next submission asking it.
+        `ahead=True` queues behind every plan submitted without it (the ones a test is waiting for), and a
+        later plain submission of a plan queued ahead moves it to the front.
         """
         futures: list[Future[CallOutcome]] = []
         mine: dict[str, Future[CallOutcome]] = {}
         for plan in plans:
             with self._pools_lock:
-                future = mine.get(plan.key) or self._inflight.get(plan.key)
+                future = mine.get(plan.key) or self._inflight.get(plan.key) or self._unstored.pop(plan.key, None)
+                task = self._tasks.get(plan.key)
+                if future is not None and not ahead:
+                    self._ahead_keys.discard(plan.key)  # this caller holds the future now
+                    if task is not None and self._calls is not None:
+                        self._calls.promote(task)
             if future is None:
                 hit = self._from_cache(plan)
                 if hit is not None:
                     future = Future()
                     future.set_result(hit)
+                elif self.claims is None or self.claims.take(plan.key):
+                    future = self._enqueue(plan, claimed=self.claims is not None, ahead=ahead)
                 else:
-                    future = self._enqueue(plan)
+                    future = self._wait_for_other(plan)
             mine[plan.key] = future
             futures.append(future)
         return futures
 
-    def _enqueue(self, plan: CallPlan) -> "Future[CallOutcome]":
+    @property
+    def backlog(self) -> int:
+        """Plans this process has queued to ask and not yet settled: how far ahead it is judging."""
+        with self._pools_lock:
+            return self._backlog
+
+    def _wait_for_other(self, plan: CallPlan) -> "Future[CallOutcome]":
+        """Another worker is asking this very question: wait for its answer in the shared cache (or for its
+        claim to go, when it failed or died: then ask here)."""
+        done: Future[CallOutcome] = Future()
+        with self._pools_lock:
+            self._inflight[plan.key] = done
+            self._waiting.append((plan, done))
+            if self._poller is None or not self._poller.is_alive():
+                self._poller = threading.Thread(target=self._poll, name=f"{self.judge_name}-wait", daemon=True)
+                self._poller.start()
+        return done
+
+    def _poll(self) -> None:
+        while True:
+            with self._pools_lock:
+                waiting, self._waiting = self._waiting, []
+                if not waiting:
+                    self._poller = None
+                    return
+            still = []
+            for plan, done in waiting:
+                hit = self._from_cache(plan)
+                if hit is not None:
+                    with self._pools_lock:
+                        self._inflight.pop(plan.key, None)
+                    done.set_result(hit)
+                elif self.fatal.reason is not None:
+                    with self._pools_lock:
+                        self._inflight.pop(plan.key, None)
+                    done.set_result(self._stopped(CallOutcome(), plan))
+                elif self.claims is not None and self.claims.take(plan.key):
+                    self._enqueue(plan, done, claimed=True, ahead=False)  # somebody waits for it now
+                else:
+                    still.append((plan, done))
+            with self._pools_lock:
+                self._waiting = still + self._waiting
+            time.sleep(0.02)
+
+    def _enqueue(
+        self, plan: CallPlan, done: "Future[CallOutcome] | None" = None, claimed: bool = False, ahead: bool = False
+    ) -> "Future[CallOutcome]":
         """Encode in the encoder pool (CPU), then ask in the request pool (waiting); both FIFO and long-lived.
 
         Encoding (JPEG, edge map) is CPU work and sending is waiting: preparing the next requests while
@@ -155,49 +222,71 @@ class CallRunner:
             if self._closed:
                 raise RuntimeError(f"{self.judge_name}: the call runner was closed")
             if self._calls is None:
-                self._calls = ThreadPoolExecutor(max_workers=self.settings.max_in_flight, thread_name_prefix=f"{self.judge_name}-call")
+                self._calls = PriorityPool(self.settings.max_in_flight, f"{self.judge_name}-call")
                 self._encoders = ThreadPoolExecutor(max_workers=ENCODE_WORKERS, thread_name_prefix=f"{self.judge_name}-encode")
                 # Cache writes (fsync: ~5 ms each when 16 land at once) go to one writer thread, so a request
                 # slot moves on to its next request as soon as its answer is parsed.
                 self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.judge_name}-cache")
-            done: Future[CallOutcome] = Future()
+            if done is None:
+                done = Future()
             self._inflight[plan.key] = done
+            self._backlog += 1
+            if ahead:
+                self._ahead_keys.add(plan.key)
             _OPENCV.enter()
             prepared = self._encoders.submit(self._prepare, plan)
-            self._calls.submit(self._ask, plan, prepared, done)
+            self._tasks[plan.key] = self._calls.submit(AHEAD if ahead else URGENT, self._ask, plan, prepared, done, claimed)
         return done
 
     def _prepare(self, plan: CallPlan) -> bytes | None:
         """The request body, or None when the run was stopped (nothing will be sent: do not encode)."""
         return None if self.fatal.reason is not None else self._body(plan, plan.build_messages())
 
-    def _ask(self, plan: CallPlan, prepared: Future, done: "Future[CallOutcome]") -> None:
+    def _ask(self, plan: CallPlan, prepared: Future, done: "Future[CallOutcome]", claimed: bool) -> None:
+        written = False
         try:
+            if prepared.cancel():  # still queued behind plans taken ahead: encode it here, now
+                prepared = Future()
+                try:
+                    prepared.set_result(self._prepare(plan))
+                except Exception as exc:
+                    prepared.set_exception(exc)
             outcome = self._ask_prepared(plan, prepared)
-            written = False
             if self.cache is not None and outcome.calls and not outcome.problems:
                 assert self._writer is not None
                 write = self._writer.submit(self._store, plan, outcome)
-                # in flight until the entry is on disk: the same question submitted meanwhile shares this one
-                write.add_done_callback(lambda w: self._count_write(w, plan.key))
+                # in flight until the entry is on disk: the same question submitted meanwhile (here or, through
+                # the claim, in another worker) shares this answer instead of asking again
+                write.add_done_callback(lambda w: self._count_write(w, plan.key, claimed))
                 written = True
             done.set_result(outcome)
         except BaseException as exc:  # a bug here must fail this plan's score, not hang its caller
-            written = False
             done.set_exception(exc)
         finally:
             _OPENCV.leave()
-        if not written:
             with self._pools_lock:
-                self._inflight.pop(plan.key, None)
+                self._backlog -= 1
+            if not written:
+                self._settled(plan.key, claimed)
+
+    def _settled(self, key: str, claimed: bool) -> None:
+        with self._pools_lock:
+            done = self._inflight.pop(key, None)
+            self._tasks.pop(key, None)
+            if key in self._ahead_keys:  # nobody holds it yet: keep it, with its call records, for who asks
+                self._ahead_keys.discard(key)
+                if done is not None:
+                    self._unstored[key] = done
+        if claimed and self.claims is not None:
+            self.claims.drop(key)
 
     def close(self) -> None:
         """Stop the pools once queued work is done (a runner replaced by another; process end)."""
         with self._pools_lock:
             self._closed = True
             pools = [p for p in (self._calls, self._encoders, self._writer) if p is not None]
-        for pool in pools:
-            pool.shutdown(wait=False)  # queued plans still finish: their callers wait for them
+        for pool in pools:  # queued plans still finish: their callers wait for them
+            pool.shutdown() if isinstance(pool, PriorityPool) else pool.shutdown(wait=False)
 
     # --- one plan --------------------------------------------------------------------------------------
 
@@ -211,15 +300,19 @@ class CallRunner:
         if set(answers) != set(plan.keys):
             return None
         usage = entry.get("usage") or {}
+        prompt_tokens, completion_tokens = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        # Asked by another worker of this same run (judging ahead): a call of this run, with its cost, not a
+        # cache hit; its id is the one that worker used, so the run's totals count it once.
+        this_run = self.run_id is not None and entry.get("run_id") == self.run_id
         record = CallRecord(
             id=str(entry.get("call_id", plan.key[:16])),
             model=str(entry.get("model", self.endpoint.model)),
-            prompt_tokens=int(usage.get("prompt_tokens") or 0),
-            completion_tokens=int(usage.get("completion_tokens") or 0),
-            cost_usd=0.0,
-            cached=True,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            cost_usd=self.settings.prices.cost(prompt_tokens, completion_tokens) if this_run else 0.0,
+            cached=not this_run,
         )
-        return CallOutcome(answers=answers, calls=[record], cached=True)
+        return CallOutcome(answers=answers, calls=[record], cached=not this_run)
 
     def _ask_prepared(self, plan: CallPlan, prepared: Future) -> CallOutcome:
         outcome = CallOutcome()
@@ -337,13 +430,14 @@ class CallRunner:
                 "model": last.model,
                 "usage": {"prompt_tokens": last.prompt_tokens, "completion_tokens": last.completion_tokens},
                 "created_at": time.time(),
+                "run_id": self.run_id,
                 "request": plan.cache_fields,
             },
         )
 
-    def _count_write(self, write: Future, key: str) -> None:
+    def _count_write(self, write: Future, key: str, claimed: bool) -> None:
+        self._settled(key, claimed)
         with self._pools_lock:
-            self._inflight.pop(key, None)
             self._writes += 1
             if write.exception() is not None:
                 self._failed_writes.append(write.exception())

@@ -29,7 +29,7 @@ from lora_harness.judges.llm.encoding import (
 )
 from lora_harness.judges.llm.options import LlmOptions
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy
-from lora_harness.judges.llm.runwide import FatalFlag, RequestSlots, SharedRateLimiter, run_folder
+from lora_harness.judges.llm.runwide import Claims, FatalFlag, RequestSlots, SharedRateLimiter, run_folder
 from lora_harness.judges.llm.rubrics import RUBRIC_VERSION
 from lora_harness.models import ModelUnavailable
 
@@ -136,6 +136,8 @@ class LlmJudgeBase:
                     judge_name=self.name,
                     slots=RequestSlots(o.max_in_flight, folder),
                     fatal=FatalFlag(flag),
+                    claims=Claims(folder / f"claims-{context.run_id}") if cache is not None and flag is not None else None,
+                    run_id=context.run_id,
                 )
                 if previous is not None:
                     if previous._client is not None:
@@ -143,6 +145,15 @@ class LlmJudgeBase:
                     previous.close()
                 self._runner_key = key
             return self._runner
+
+    @property
+    def prefetch_target(self) -> int:
+        """How many of its own requests a process keeps queued when judging ahead: enough to fill every
+        slot of the run again as answers come in, not so many that a test waits behind a long queue."""
+        return 2 * self.options.max_in_flight
+
+    def backlog(self, context: JudgeContext) -> int:
+        return self.runner(context).backlog
 
     def collect(self, futures: Sequence["Future[list[Score]]"], context: JudgeContext) -> list[list[Score]]:
         """Wait for `submit_batch` futures, in order; then warn about answers the cache could not keep."""

@@ -78,9 +78,12 @@ class LlmRubricJudge(LlmJudgeBase):
         records the metrics as missing and skips the tests they gate, with the reason saying how to enable."""
         return self.collect(self.submit_batch(items, context), context)
 
-    def submit_batch(self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext) -> list["Future[list[Score]]"]:
+    def submit_batch(
+        self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext, *, ahead: bool = False
+    ) -> list["Future[list[Score]]"]:
         """Like `judge_batch`, but returns at once: one future per item, resolved when that item's answers
-        are in. The harness submits the next checkpoints this way while the current one is in flight."""
+        are in. The harness submits the next checkpoints this way (`ahead=True`: behind every request a test
+        is waiting for) while the current one is in flight."""
         self.require_endpoint()
         references = self.references(context)
         plans: list[CallPlan] = []
@@ -104,7 +107,7 @@ class LlmRubricJudge(LlmJudgeBase):
                 for repeat in range(self.options.repeats):
                     slots.append(_Slot(index, group, repeat, len(plans)))
                     plans.append(self._plan(case, encoded, digest, group, repeat, references, context))
-        outcomes = self.runner(context).submit(plans) if plans else []
+        outcomes = self.runner(context).submit(plans, ahead=ahead) if plans else []
         by_item: dict[int, list[_Slot]] = {}
         for slot in slots:
             by_item.setdefault(slot.item, []).append(slot)

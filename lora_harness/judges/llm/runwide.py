@@ -207,3 +207,72 @@ class SharedRateLimiter(RateLimiter):
         tmp = self.state_path.with_name(f".limits.{os.getpid()}.{threading.get_ident()}.tmp")
         tmp.write_text(json.dumps(state), encoding="utf-8")
         os.replace(tmp, self.state_path)
+
+
+class Claims:
+    """Which process of the run is asking a question (`claims-<run id>/<cache key>`, holding its pid).
+
+    Workers judge ahead of their tests (the next checkpoints in the run's order), so two workers may reach
+    the same question: the first to create the claim file asks; the other waits for the answer to appear in
+    the shared cache. A claim is dropped when its question is settled (answered and cached, or failed, so a
+    waiter asks itself), and a claim whose process is gone (killed) is taken over.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self.pid = os.getpid()
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key
+
+    def take(self, key: str) -> bool:
+        """True when this process now holds the claim (it must `drop` it), False when a live one does."""
+        path = self._path(key)
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner(path)
+                if owner is None:
+                    continue  # dropped meanwhile: try again
+                if owner == _WRITING or owner == self.pid or _alive(owner):
+                    return False
+                path.unlink(missing_ok=True)  # its process died mid-question: take it over
+                continue
+            with os.fdopen(fd, "w") as handle:
+                handle.write(str(self.pid))
+            return True
+        return False
+
+    def drop(self, key: str) -> None:
+        path = self._path(key)
+        if self._owner(path) == self.pid:
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _owner(path: Path) -> int | None:
+        """The claiming pid; `_WRITING` while its creator has not written it yet; None when no claim."""
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return _WRITING
+        try:
+            return int(text)
+        except ValueError:
+            return _WRITING
+
+
+_WRITING = -1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
