@@ -20,6 +20,7 @@ import base64
 import hashlib
 import io
 import json
+import random
 import threading
 import time
 import uuid
@@ -92,6 +93,7 @@ class Call:
 @dataclass
 class FakeOpenAIServer:
     latency: float = 0.0  # seconds from a request's arrival to its answer (a real endpoint's response time)
+    jitter: float = 0.0  # each answer's latency is uniform in latency +- jitter (seeded: reproducible)
     score_from: str = "brightness"  # or "hash"
     position_bias: float = 0.0
     expected_key: str | None = None  # when set, other keys get 401
@@ -104,6 +106,9 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self.max_concurrent = 0
         self._active = 0
+        self.first_start: float | None = None  # time.monotonic() of the first request's arrival
+        self.last_end: float | None = None  # ... and of the last answer sent
+        self._rng = random.Random(0)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -226,7 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         """`/_stats`: the call count, for a server running in another process (the benchmark)."""
         if self.path == "/_stats":
-            self._send(200, {"calls": self.owner.call_count, "max_concurrent": self.owner.max_concurrent})
+            server = self.owner
+            span = None if server.first_start is None or server.last_end is None else server.last_end - server.first_start
+            self._send(200, {"calls": server.call_count, "max_concurrent": server.max_concurrent, "span_s": span})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -241,15 +248,19 @@ class _Handler(BaseHTTPRequestHandler):
         with server._lock:
             server._active += 1
             server.max_concurrent = max(server.max_concurrent, server._active)
+            server.first_start = started if server.first_start is None else min(server.first_start, started)
         try:
             self._answer(server, request, started)
         finally:
             with server._lock:
                 server._active -= 1
+                server.last_end = time.monotonic()
 
     def _answer(self, server: FakeOpenAIServer, request: Request, started: float) -> None:
         if server.latency:  # the answer leaves `latency` after the request arrived, however long parsing took
-            time.sleep(max(0.0, server.latency - (time.monotonic() - started)))
+            with server._lock:
+                latency = server.latency + (server._rng.uniform(-server.jitter, server.jitter) if server.jitter else 0.0)
+            time.sleep(max(0.0, latency - (time.monotonic() - started)))
         if server.expected_key is not None and request.authorization != f"Bearer {server.expected_key}":
             server._record(request, None, 401, started)
             self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",

@@ -150,7 +150,7 @@ class LlmJudgeBase:
     def prefetch_target(self) -> int:
         """How many of its own requests a process keeps queued when judging ahead: enough to fill every
         slot of the run again as answers come in, not so many that a test waits behind a long queue."""
-        return 2 * self.options.max_in_flight
+        return 2 * self.options.max_in_flight if self.options.judge_ahead else 0
 
     def backlog(self, context: JudgeContext) -> int:
         return self.runner(context).backlog
