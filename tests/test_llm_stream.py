@@ -104,3 +104,13 @@ def test_xdist_workers_judge_ahead_without_asking_twice(tmp_path):
     assert "llm_rubric: 24 API call(s), 0 answer(s) from cache" in result.stdout, result.stdout[-2000:]
     rows = store_rows(tmp_path / "reports" / "llm")
     assert_one_row_per_score(rows, cases=24)
+
+
+def test_judge_ahead_false_takes_nothing_ahead(tmp_path):
+    with FakeOpenAIServer(latency=0.2) as server:
+        config = write_suite(tmp_path, base_url=server.url, steps=(100, 200, 300), prompts=2,
+                             options="max_in_flight = 8, judge_ahead = false")
+        harness, rows = judge_all(config, stream=True)
+    assert_one_row_per_score(rows, cases=6)
+    assert server.max_concurrent == 2  # one checkpoint of 2 images at a time, though the order is known
+    assert harness.judges[0].prefetch_target == 0
