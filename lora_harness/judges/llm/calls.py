@@ -132,16 +132,17 @@ class CallRunner:
         return outcomes
 
     def submit(self, plans: Sequence[CallPlan], *, ahead: bool = False) -> list["Future[CallOutcome]"]:
-        """Queue `plans` behind everything submitted before and return their outcomes as futures, at once.
+        """Queue `plans` and return their outcomes as futures, at once.
 
-        One pool of `max_in_flight` request threads serves every submission of this process, first come
-        first served, so a caller can submit the next checkpoints while an earlier one is still in flight:
-        a checkpoint of three images no longer caps concurrency at three, nor waits for its slowest answer
-        before the next one starts. Cache hits are answered here, synchronously. A plan whose key is already
-        in flight (same question asked again) shares that future instead of asking twice; an outcome that
-        could not be cached (a failed plan, or `cache = false`) is handed to the next submission asking it.
-        `ahead=True` queues behind every plan submitted without it (the ones a test is waiting for), and a
-        later plain submission of a plan queued ahead moves it to the front.
+        One pool of `max_in_flight` request threads serves every submission of this process, so a caller
+        can submit the next checkpoints while an earlier one is still in flight: a checkpoint of three
+        images no longer caps concurrency at three, nor waits for its slowest answer before the next one
+        starts. Plain submissions go first come first served; `ahead=True` queues behind all of them (work
+        taken ahead must not delay a test that is waiting), and a later plain submission of a plan queued
+        ahead moves it to the front. Cache hits are answered here, synchronously. A plan whose key is
+        already in flight (the same question again) shares that future instead of asking twice; an outcome
+        taken ahead is kept, with its call records, for the first submission that asks for it. Under xdist
+        a question another worker is asking (its claim) is waited for in the shared cache, not asked again.
         """
         futures: list[Future[CallOutcome]] = []
         mine: dict[str, Future[CallOutcome]] = {}
