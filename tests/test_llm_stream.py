@@ -114,3 +114,22 @@ def test_judge_ahead_false_takes_nothing_ahead(tmp_path):
     assert_one_row_per_score(rows, cases=6)
     assert server.max_concurrent == 2  # one checkpoint of 2 images at a time, though the order is known
     assert harness.judges[0].prefetch_target == 0
+
+
+def test_priority_pool_runs_urgent_then_promoted_then_ahead_each_once():
+    import threading
+
+    from lora_harness.judges.llm.pool import AHEAD, URGENT, PriorityPool
+
+    pool, gate, ran, finished = PriorityPool(1, "t"), threading.Event(), [], threading.Event()
+    pool.submit(URGENT, gate.wait)  # holds the only thread while the queue fills
+    time.sleep(0.05)
+    pool.submit(AHEAD, ran.append, "ahead-1")
+    second = pool.submit(AHEAD, ran.append, "ahead-2")
+    pool.submit(URGENT, ran.append, "urgent")
+    pool.promote(second)
+    pool.submit(AHEAD, finished.set)
+    gate.set()
+    assert finished.wait(5)
+    assert ran == ["urgent", "ahead-2", "ahead-1"]  # ahead-2 ran once, though queued twice
+    pool.shutdown()
