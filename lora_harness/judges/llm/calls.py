@@ -156,13 +156,15 @@ class CallRunner:
                         self._calls.promote(task)
             if future is None:
                 hit = self._from_cache(plan)
+                if hit is None and self.claims is not None:
+                    hit, mine_now = self._claim(plan)
+                    if hit is None and not mine_now:
+                        future = self._wait_for_other(plan)
                 if hit is not None:
                     future = Future()
                     future.set_result(hit)
-                elif self.claims is None or self.claims.take(plan.key):
+                elif future is None:
                     future = self._enqueue(plan, claimed=self.claims is not None, ahead=ahead)
-                else:
-                    future = self._wait_for_other(plan)
             mine[plan.key] = future
             futures.append(future)
         return futures
@@ -172,6 +174,21 @@ class CallRunner:
         """Plans this process has queued to ask and not yet settled: how far ahead it is judging."""
         with self._pools_lock:
             return self._backlog
+
+    def _claim(self, plan: CallPlan) -> tuple[CallOutcome | None, bool]:
+        """(the cached answer, False) when another worker answered meanwhile; (None, True) when this process
+        now holds the claim and must ask; (None, False) when another worker is asking right now.
+
+        The cache is read again after the claim is taken: a worker caches its answer and then drops its
+        claim, so a miss read before that drop and a claim taken after it would ask a second time."""
+        assert self.claims is not None
+        if not self.claims.take(plan.key):
+            return None, False
+        hit = self._from_cache(plan)
+        if hit is not None:
+            self.claims.drop(plan.key)
+            return hit, False
+        return None, True
 
     def _wait_for_other(self, plan: CallPlan) -> "Future[CallOutcome]":
         """Another worker is asking this very question: wait for its answer in the shared cache (or for its
@@ -203,10 +220,16 @@ class CallRunner:
                     with self._pools_lock:
                         self._inflight.pop(plan.key, None)
                     done.set_result(self._stopped(CallOutcome(), plan))
-                elif self.claims is not None and self.claims.take(plan.key):
-                    self._enqueue(plan, done, claimed=True, ahead=False)  # somebody waits for it now
                 else:
-                    still.append((plan, done))
+                    hit, mine_now = self._claim(plan)
+                    if hit is not None:
+                        with self._pools_lock:
+                            self._inflight.pop(plan.key, None)
+                        done.set_result(hit)
+                    elif mine_now:
+                        self._enqueue(plan, done, claimed=True, ahead=False)  # somebody waits for it now
+                    else:
+                        still.append((plan, done))
             with self._pools_lock:
                 self._waiting = still + self._waiting
             time.sleep(0.02)
