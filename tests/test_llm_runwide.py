@@ -154,8 +154,13 @@ def test_a_claim_taken_just_after_another_worker_answered_reads_the_cache_again(
         assert server.call_count == 1
         runner = b.runner(context)
         real = CallRunner._from_cache
-        stale = iter([None])  # B's first look at the cache happened before A's entry landed
-        monkeypatch.setattr(runner, "_from_cache", lambda plan: next(stale, None) or real(runner, plan))
+        looks = []
+
+        def from_cache(plan):  # B's first look at the cache happened before A's entry landed
+            looks.append(plan.key)
+            return None if len(looks) == 1 else real(runner, plan)
+
+        monkeypatch.setattr(runner, "_from_cache", from_cache)
         [[second]] = b.judge_batch(items, context)
     assert server.call_count == 1
     assert second.value == first.value == 1.0
