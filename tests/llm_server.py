@@ -249,12 +249,11 @@ class _Handler(BaseHTTPRequestHandler):
             server._active += 1
             server.max_concurrent = max(server.max_concurrent, server._active)
             server.first_start = started if server.first_start is None else min(server.first_start, started)
+        self._counted = True
         try:
             self._answer(server, request, started)
         finally:
-            with server._lock:
-                server._active -= 1
-                server.last_end = time.monotonic()
+            self._done()
 
     def _answer(self, server: FakeOpenAIServer, request: Request, started: float) -> None:
         if server.latency:  # the answer leaves `latency` after the request arrived, however long parsing took
@@ -322,7 +321,18 @@ class _Handler(BaseHTTPRequestHandler):
                       "total_tokens": 100 + 255 * len(request.images) + len(content or refusal or "") // 4},
         })
 
+    def _done(self) -> None:
+        """The request stops counting as in flight when its answer is ready, before the answer is written:
+        counting it until the handler returns would overlap it with the request the client sends as soon as
+        it has the answer (a concurrency the client never had)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.owner._lock:
+                self.owner._active -= 1
+                self.owner.last_end = time.monotonic()
+
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._done()
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)
