@@ -467,6 +467,24 @@ class _ShardAndProgress:
             reporter.write_line(line)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tell the harness which checkpoints this session tests, in test order (after -k and --shard), so
+    judges that take work ahead (llm_rubric) judge the next ones while a test waits for its own."""
+    state = session.config.stash.get(_STATE, None)
+    harness = state._harness if state is not None else None
+    if harness is None:
+        return
+    order: dict[Checkpoint, None] = {}
+    for item in session.items:
+        case, checkpoint = _param(item, "lora_case"), _param(item, "lora_checkpoint")
+        if isinstance(case, EvalCase):
+            order.setdefault(Checkpoint.of(case))
+        elif isinstance(checkpoint, Checkpoint):
+            order.setdefault(checkpoint)
+    harness.stream_order = list(order)
+
+
 def _param(item: pytest.Item, name: str) -> Any:
     return getattr(getattr(item, "callspec", None), "params", {}).get(name)
 

@@ -25,7 +25,7 @@ from lora_harness.judges.llm.client import Endpoint
 from lora_harness.judges.llm.common import EncodedImage, LlmJudgeBase, check_rgb, mean_std, text_tokens
 from lora_harness.judges.llm.encoding import pixel_hash
 from lora_harness.judges.llm.options import PairwiseOptions, parse_options
-from lora_harness.judges.llm.rubrics import PAIRWISE_RUBRIC, RUBRIC_VERSION, pairwise_messages
+from lora_harness.judges.llm.rubrics import PAIRWISE_RUBRIC, RUBRIC_VERSION, pairwise_digest, pairwise_messages
 from lora_harness.judges.llm.schemas import pair_schema, parse_pair
 
 METRIC = "pairwise_preference"
@@ -204,7 +204,7 @@ class LlmPairwiseJudge(LlmJudgeBase):
         context: JudgeContext,
     ) -> CallPlan:
         fields = {
-            **self.request_fields(repeat),
+            **self.request_fields(repeat, pairwise_digest()),
             "pair": [first[0], second[0]],
             "reference": reference[0] if reference else None,
             "prompt": case.prompt.text,
@@ -267,6 +267,9 @@ class LlmPairwiseJudge(LlmJudgeBase):
             "cached": all(outcomes[p].cached for _, _, p in slots),
             "calls": calls,
         }
+        stopped = next((outcomes[p].fatal for _, _, p in slots if outcomes[p].fatal), None)
+        if stopped:
+            raw["stopped"] = stopped  # the run-wide stop (401/403/404): one summary line names it
         if answers:
             raw["mean"], raw["std"] = mean_std([a["candidate_preference"] for a in answers])
             firsts = [a["preference"] for a in answers if a["order"] == "baseline_first"]
