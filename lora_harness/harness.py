@@ -491,7 +491,7 @@ class Harness:
             for s in scores
         )
         by_case = {case.key: scores[0] for case, scores in scored} | {case.key: score for case, score in problems}
-        return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs))
+        return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs), policy=self.policy)
 
     def unavailable(self, cases: list[EvalCase]) -> list[str]:
         """Why metrics of these cases are missing because a judge's model or package is absent here."""
