@@ -445,7 +445,11 @@ class _ShardAndProgress:
                 {**value, "test": report.nodeid} for name, value in report.user_properties if name == VERDICT_PROPERTY
             )
         info = dict(report.user_properties).get(PROGRESS_KEY)
-        report.user_properties[:] = [p for p in report.user_properties if p[0] != PROGRESS_KEY]
+        # JUnit shows each enforced verdict as a plain `verdict` property (pass, fail, inconclusive, ...)
+        report.user_properties[:] = [
+            ("verdict", p[1]["decision"]) if p[0] == VERDICT_PROPERTY else p
+            for p in report.user_properties if p[0] != PROGRESS_KEY
+        ]
         if str(self.config.getoption("lora_progress")).lower() == "off":
             return
         if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
