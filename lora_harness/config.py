@@ -102,7 +102,7 @@ class GateConfig(_Model):
     inconclusive: Literal["fail", "pass", "xfail"] = "fail"
     # Adaptive judging: an inconclusive checkpoint gets more judge repeats, in rounds, until decided or spent.
     adaptive: bool = False
-    max_repeats: int = Field(8, ge=1, le=50)  # per image, the first answer included
+    max_repeats: int = Field(16, ge=1, le=50)  # per image, the first answer included
 
     @field_validator("checkpoints", mode="wrap")
     @classmethod
