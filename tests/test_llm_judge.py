@@ -339,13 +339,17 @@ def test_comparison_verdict_uses_the_mean_and_margin_and_fails_on_judge_errors()
     cases = [(EvalCase("base", 1, Prompt(f"0{i}", f"p{i}"), Path("b.png")), EvalCase("cand", 1, Prompt(f"0{i}", f"p{i}"), Path("c.png")))
              for i in range(3)]
     comparison = Comparison("llm_pairwise", Checkpoint("base", 1), Checkpoint("cand", 1), tuple(cases), ("cand-x",), 0.1)
-    ok = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.3, 0.45, 0.5)))
-    assert ok.not_worse  # mean 0.4167 >= 0.4
+    ok = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.6, 0.61, 0.62)))
+    assert ok.decision == "pass" and ok.not_worse  # the whole interval is above 0.4
     ok.check()
-    worse = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.2, 0.4, 0.5)))
-    assert not worse.not_worse
-    with pytest.raises(AssertionError, match=r"(?s)mean preference for the candidate = 0.367 .*minimum 0.400 = 0.5 - margin 0.1: WORSE"):
+    undecided = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.3, 0.45, 0.5)))
+    assert undecided.decision == "inconclusive" and not undecided.not_worse  # mean 0.4167, 3 pairs cannot tell
+    with pytest.raises(AssertionError, match=r"(?s)INCONCLUSIVE.*0.5 - margin 0.1: INCONCLUSIVE"):
+        undecided.check()
+    worse = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.1, 0.12, 0.11)))
+    assert worse.decision == "fail"
+    with pytest.raises(AssertionError, match=r"(?s)mean preference for the candidate = 0.110 .*minimum 0.400 = 0.5 - margin 0.1: WORSE"):
         worse.check()
     assert "no baseline image with the same prompt and seed for: cand-x" in worse.describe()
     broken = ComparisonResult(comparison, (Score("pairwise_preference", 0.9), Score("pairwise_preference", None, error="llm_pairwise: boom"), Score("pairwise_preference", 0.9)))
-    assert not broken.not_worse and "judge error: llm_pairwise: boom" in broken.describe()
+    assert broken.decision == "error" and "judge error: llm_pairwise: boom" in broken.describe()

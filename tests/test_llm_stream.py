@@ -73,7 +73,7 @@ def test_a_waiting_test_goes_before_work_taken_ahead(tmp_path):
         start = time.perf_counter()
         [scores] = judge.judge_batch(_items("now", 1, shade=200), context)
         waited = time.perf_counter() - start
-        assert scores[0].value == 1.0 and waited < 0.2 * 3  # the one in flight, then this: not 8 more
+        assert scores[0].value == 1.0 and waited < 0.2 * 5  # the one in flight, then this: not 8 more (1.6 s); slack for a loaded VM
         assert server.call_count <= 2 + 1
         # a case taken ahead and needed now moves to the front of the queue, and is not asked twice
         start = time.perf_counter()
