@@ -194,6 +194,10 @@ class FaceIdentityJudge:
                 results.append(self._errors(f"{type(exc).__name__}: {exc}"))
         return results
 
+    def backend_models(self) -> FaceBackend:
+        """The loaded face backend (raises `ModelUnavailable`): for per-face tools such as the reference audit."""
+        return self._faces.get()
+
     def detect(self, backend: FaceBackend, image: Any) -> tuple[list[DetectedFace], tuple[str, ...]]:
         """Every face above the confidence floor in `image` (any accepted array), and the input notes.
 
