@@ -89,6 +89,11 @@ class ReferenceAudit:
     def passed(self) -> bool:
         return not self.outliers
 
+    def assert_clean(self) -> None:
+        """The reference test type: fails with the audit table when any photo is an outlier."""
+        if not self.passed:
+            raise AssertionError(self.format())
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "backend": self.backend,
@@ -290,3 +295,14 @@ def audit_references(
         images, [str(p) for p in files], faces, backend=judge.backend, match_distance=judge.match_distance,
         min_face_px=min_face_px, duplicate_similarity=duplicate_similarity, problems=problems,
     )
+
+
+def audit_config(config: Any) -> ReferenceAudit:
+    """The audit of `[person] references` of an eval config, with the options of its `face_identity` judge.
+
+    Raises `AuditError` when the config lists no references (the test then skips, saying what to add).
+    """
+    if not config.person.references:
+        raise AuditError("no reference photos to audit: list photos of the person under [person] references")
+    options = next((dict(j.options) for j in config.judges if j.name == "face_identity"), {})
+    return audit_references(list(config.person.references), judge_options=options)

@@ -573,6 +573,18 @@ def lora_references(lora_harness: Harness) -> JudgeContext:
     return lora_harness.context()
 
 
+@pytest.fixture(scope="session")
+def lora_reference_audit(lora_harness: Harness) -> Any:
+    """The reference audit of `[person] references` (lora_harness.audit); `.assert_clean()` fails on outliers."""
+    from lora_harness.audit import AuditError, audit_config
+    from lora_harness.models import ModelUnavailable
+
+    try:
+        return audit_config(lora_harness.config)
+    except (AuditError, ModelUnavailable) as exc:
+        pytest.skip(f"reference audit: {exc}")
+
+
 @pytest.fixture
 def lora_image(lora_harness: Harness, lora_case: EvalCase):
     """The case's image as an RGB uint8 array, decoded once and shared with the judges."""

@@ -125,3 +125,22 @@ def test_cli_says_what_is_wrong_with_missing_input(tmp_path: Path, capsys) -> No
     (tmp_path / "empty").mkdir()
     assert main(["audit-references", str(tmp_path / "empty")]) == 2
     assert "no images" in capsys.readouterr().err
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "fixtures" / "demo"
+
+
+@pytest.mark.slow
+def test_reference_test_type_fails_on_a_planted_stranger_and_passes_without(pytester: pytest.Pytester, astronaut_set: Path) -> None:
+    (pytester.path / "test_references.py").write_text((REPO / "evals" / "test_references.py").read_text())
+    (pytester.path / "lora_eval.toml").write_text(
+        f'[run]\nname = "audit"\nreport_dir = "reports"\n\n[[sources]]\npath = "{DEMO / "samples" / "personal-lora-demo-r4"}"\n\n'
+        f'[person]\nreferences = ["{astronaut_set}"]\n\n[[judges]]\nname = "face_identity"\n'
+    )
+    args = ("--lora-config", str(pytester.path / "lora_eval.toml"), "-p", "no:cacheprovider", "-p", "no:xdist")
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=1)
+    write(astronaut_set, "stranger.png", lfw_face(74, face_px=140))
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*stranger.png*OUTLIER: other person*"])
