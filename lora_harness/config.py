@@ -16,7 +16,7 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator,
 )
 
-from lora_harness.checks.settings import LeakageConfig, MemorizationConfig, StrengthConfig
+from lora_harness.checks.settings import DiversityConfig, LeakageConfig, MemorizationConfig, StrengthConfig
 from lora_harness.generation.settings import PipelineConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.sources.generate import GenerateSource
@@ -196,6 +196,7 @@ class EvalConfig(_Model):
     leakage: LeakageConfig | None = None  # LoRA-specific checks (lora_harness.checks)
     strength: StrengthConfig | None = None
     memorization: MemorizationConfig | None = None
+    diversity: DiversityConfig | None = None  # set-level metrics per checkpoint (lora_harness.checks.diversity)
     path: Path | None = Field(None, exclude=True)  # where it was loaded from, for messages
 
     @model_validator(mode="after")
@@ -332,6 +333,7 @@ _FIELDS_BY_SECTION = {
     "leakage": LeakageConfig.model_fields,
     "strength": StrengthConfig.model_fields,
     "memorization": MemorizationConfig.model_fields,
+    "diversity": DiversityConfig.model_fields,
 }
 
 

@@ -707,7 +707,8 @@ def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
     if request.param is None:
         pytest.skip(lora_checks.SKIP_REASONS[fixture])
     memorization = request.getfixturevalue("_lora_memorization") if fixture == "lora_memorization_check" else None
-    return lora_checks.run_check(harness, fixture, request.param, memorization)
+    diversity = request.getfixturevalue("_lora_diversity") if fixture == "lora_diversity_check" else None
+    return lora_checks.run_check(harness, fixture, request.param, memorization, diversity)
 
 
 @pytest.fixture(scope="session")
@@ -715,6 +716,19 @@ def _lora_memorization(lora_harness: Harness) -> Any:
     from lora_harness.checks.memorization import MemorizationCheck
 
     return MemorizationCheck(lora_harness.config)  # training images and judges load once per worker
+
+
+@pytest.fixture(scope="session")
+def _lora_diversity(lora_harness: Harness) -> Any:
+    from lora_harness.checks.diversity import DiversityCheck
+
+    return DiversityCheck(lora_harness)  # the face backend loads once per worker
+
+
+@pytest.fixture
+def lora_diversity_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """A checkpoint's images as a set: diversity below `[diversity] min` fails ("all images look alike")."""
+    return _lora_check(request, lora_harness)
 
 
 @pytest.fixture

@@ -79,3 +79,28 @@ class MemorizationConfig(_Model):
         if not value or len(set(value)) != len(value):
             raise ValueError("judges must be a non-empty list of distinct judge names, e.g. [\"pixel_similarity\", \"face_identity\"]")
         return value
+
+
+# Whole-image diversity (1 - Pearson of 64 px grey thumbnails) below this: the images are near-copies of each
+# other. Measured: the demo checkpoints' 3 prompts 0.84-0.92, re-framed crops of one photo >= 0.3, one
+# 256 px picture four times with 4 px shifts and +-6 noise 0.04 (tests/test_diversity.py).
+DEFAULT_MIN_IMAGE_DIVERSITY = 0.1
+
+
+class DiversityConfig(_Model):
+    """Per checkpoint: the images must differ from each other (a collapsed LoRA draws one picture)."""
+
+    # metric -> minimum, among diversity_image, vendi_image, diversity_identity, vendi_identity
+    min: dict[str, float] = {"diversity_image": DEFAULT_MIN_IMAGE_DIVERSITY}
+    identity: bool = True  # also the face descriptors' spread (needs the face extra; missing models: recorded as such)
+    checkpoints: Literal["all", "latest"] = "all"  # "all": diversity is tracked over training steps
+
+    @field_validator("min")
+    @classmethod
+    def _known(cls, value: dict[str, float]) -> dict[str, float]:
+        from lora_harness.diversity import DIVERSITY_METRICS
+
+        unknown = sorted(set(value) - set(DIVERSITY_METRICS))
+        if unknown:
+            raise ValueError(f"unknown diversity metric(s) {', '.join(unknown)}; use {', '.join(DIVERSITY_METRICS)}")
+        return value
