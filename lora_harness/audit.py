@@ -80,6 +80,7 @@ class ReferenceAudit:
     match_distance: float
     min_face_px: int
     duplicate_similarity: float
+    descriptors: dict[str, list[float]] = field(default_factory=dict)  # each photo's face (identity map)
 
     @property
     def outliers(self) -> list[AuditEntry]:
@@ -103,6 +104,7 @@ class ReferenceAudit:
             "passed": self.passed,
             "entries": [asdict(e) for e in self.entries],
             "duplicates": [asdict(d) for d in self.duplicates],
+            "descriptors": self.descriptors,
         }
 
     def to_json(self) -> str:
@@ -255,6 +257,7 @@ def audit_images(
         match_distance=match_distance,
         min_face_px=min_face_px,
         duplicate_similarity=duplicate_similarity,
+        descriptors={name: [round(float(v), 5) for v in face.descriptor] for name, face in chosen},
     )
 
 

@@ -579,10 +579,14 @@ def lora_reference_audit(lora_harness: Harness) -> Any:
     from lora_harness.audit import AuditError, audit_config
     from lora_harness.models import ModelUnavailable
 
+    from lora_harness.report.identity import write_audit
+
     try:
-        return audit_config(lora_harness.config)
+        audit = audit_config(lora_harness.config)
     except (AuditError, ModelUnavailable) as exc:
         pytest.skip(f"reference audit: {exc}")
+    write_audit(lora_harness.config.run_dir, audit)  # the report's "Reference audit" section reads it
+    return audit
 
 
 @pytest.fixture

@@ -279,8 +279,10 @@ class FaceIdentityJudge:
             match_distance=self.match_distance,
             same_person_votes=int((comparison.distances < self.match_distance).sum()),
         )
+        # the chosen face's descriptor, once per image (on this row only): the report's identity map
+        detected_raw = {**raw, "descriptor": [round(float(v), 5) for v in face.descriptor]}
         return [
-            Score("face_detected", 1.0, raw),
+            Score("face_detected", 1.0, detected_raw),
             Score("face_identity_mean", float(comparison.cosines.mean()), raw),
             Score("face_identity_max", float(comparison.cosines.max()), raw),
             Score("face_distance", distance, raw),
