@@ -26,8 +26,23 @@ class LeakageConfig(_Model):
     max_identity: float  # ceiling: every leakage image must score below it
     seeds: list[int] | None = None  # default: the first seed of the checkpoint's cases
     checkpoints: Literal["all", "latest"] = "all"  # "all": leakage is tracked over training steps
+    # Base-model drift (lora_harness.checks.drift): each leakage image vs the base model's image of the same
+    # prompt and seed; `max_drift` is a ceiling on drift_pixel (one number) or per metric (drift_pixel,
+    # drift_clip_i, drift_dino). Costs one base image per prompt and seed.
+    drift: bool = False
+    max_drift: float | dict[str, float] | None = None
 
     _prompts = field_validator("prompts")(_no_empty_prompts)
+
+    @model_validator(mode="after")
+    def _drift(self) -> "LeakageConfig":
+        if self.max_drift is not None and not self.drift:
+            raise ValueError("max_drift is set but drift = false: add drift = true to measure it")
+        if isinstance(self.max_drift, dict):
+            unknown = sorted(set(self.max_drift) - {"drift_pixel", "drift_clip_i", "drift_dino"})
+            if unknown:
+                raise ValueError(f"max_drift names unknown metric(s) {', '.join(unknown)}; use drift_pixel, drift_clip_i, drift_dino")
+        return self
 
 
 # The LoRA must move the metric by at least this much between `low` and `high` (in the metric's units; for
