@@ -77,3 +77,12 @@ def test_pose_band_options_are_checked() -> None:
     with pytest.raises(ValueError, match="pose_bands"):
         FaceIdentityJudge(pose_bands="yes")
     assert "face_match_profile" not in FaceIdentityJudge().metrics
+
+
+def test_degenerate_landmarks_and_missing_opencv_give_no_pose(monkeypatch) -> None:
+    import sys
+
+    assert head_pose([(5.0, 5.0)] * 5, "dlib", 100, 100) is None  # all on one point
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    landmarks = project(MODELS["dlib"], rotation(yaw=10), 600.0, 512, 512)
+    assert head_pose(landmarks, "dlib", 512, 512) is None

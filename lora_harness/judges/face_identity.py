@@ -266,7 +266,7 @@ class FaceIdentityJudge:
         poses = [head_pose(f.landmarks, self.backend, width, height) for f in faces]
         pose = poses[chosen]
         raw.update(
-            pose.as_raw() if pose is not None else {"pose": "landmarks unusable for a pose estimate"},
+            pose.as_raw() if pose is not None else {"pose": f"no estimate: landmarks unusable or OpenCV missing ({FACE_EXTRA})"},
             pose_method=POSE_METHOD,
         )
         raw.update(

@@ -80,14 +80,20 @@ def rotation_to_angles(rotation: np.ndarray) -> HeadPose:
 
 
 def head_pose(landmarks: Sequence[Sequence[float]], backend: str, width: int, height: int) -> HeadPose | None:
-    """The pose of a face from its 5 landmarks (in the image's pixels); None when they cannot be used."""
-    import cv2
-
+    """The pose of a face from its 5 landmarks (in the image's pixels); None when they cannot be used (or
+    OpenCV is not installed: the identity metrics must not depend on the pose)."""
+    try:
+        import cv2
+    except ImportError:
+        return None
     model = MODELS.get(backend)
     points = np.asarray(landmarks, dtype=np.float64)
     if model is None or points.shape != (len(model), 2) or not np.isfinite(points).all():
         return None
-    ok, rvec, _ = cv2.solvePnP(model, points, camera_matrix(width, height), None, flags=cv2.SOLVEPNP_SQPNP)
+    try:
+        ok, rvec, _ = cv2.solvePnP(model, points, camera_matrix(width, height), None, flags=cv2.SOLVEPNP_SQPNP)
+    except cv2.error:  # degenerate landmarks (all on one point or line)
+        return None
     if not ok:
         return None
     rotation, _ = cv2.Rodrigues(rvec)
