@@ -114,10 +114,11 @@ def test_without_section_one_skipping_parameter_and_unknown_metric_is_refused(tm
 
 
 @pytest.mark.slow
-def test_identity_diversity_from_real_faces(tmp_path: Path) -> None:
+@pytest.mark.parametrize("judges", [[{"name": "face_identity"}], [{"name": "image_stats"}]], ids=["stored", "detected"])
+def test_identity_diversity_from_real_faces(tmp_path: Path, judges: list) -> None:
+    """With face_identity configured, its stored descriptors are reused; without it, faces are detected here."""
     pytest.importorskip("dlib", reason="identity diversity needs the `face` extra")
-    harness = harness_for(tmp_path, {"min": {"diversity_identity": 0.2}},
-                          judges=[{"name": "face_identity"}])
+    harness = harness_for(tmp_path, {"min": {"diversity_identity": 0.2}}, judges=judges)
     check = DiversityCheck(harness)
     with pytest.raises(AssertionError, match=r"diversity_identity = 0\.\d+ < minimum 0\.2"):
         run_check(harness, "lora_diversity_check", Checkpoint(LORA, 200, "step"), diversity=check).check()
@@ -126,6 +127,8 @@ def test_identity_diversity_from_real_faces(tmp_path: Path) -> None:
     varied_identity = rows[(400, "diversity_identity")]
     assert varied_identity.value > 0.3  # the astronaut twice and an LFW stranger: one pair far apart
     assert varied_identity.raw["images_without_face"] == 1  # the cat
+    if judges[0]["name"] == "face_identity":  # the same faces either way: the judge's stored descriptors were used
+        assert {r.metric for r in latest_rows(read_rows(tmp_path / "reports" / "div")) if r.judge == "face_identity"}
 
 
 REPO = Path(__file__).resolve().parents[1]

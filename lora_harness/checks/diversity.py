@@ -82,6 +82,7 @@ class DiversityCheck:
         assert harness.config.diversity is not None, "DiversityCheck needs a [diversity] section"
         self.config = harness.config.diversity
         self._options = next((dict(j.options) for j in harness.config.judges if j.name == "face_identity"), {})
+        self._judge_configured = any(j.name == "face_identity" for j in harness.config.judges)
         self._judge: Any = None
         self._unavailable: str | None = None
 
@@ -96,9 +97,30 @@ class DiversityCheck:
                 self._unavailable = str(exc)
         return self._judge
 
-    def descriptors(self, images: list[np.ndarray], result: CheckResult) -> tuple[list[np.ndarray], int] | None:
+    def stored_descriptors(self, harness: "Harness", cases: list[EvalCase]) -> tuple[list[np.ndarray], int] | None:
+        """The chosen faces' descriptors the configured `face_identity` judge keeps on its `face_detected` rows
+        (judged now if this process has no scores yet): no second detection. None: not usable here."""
+        found, faceless = [], 0
+        for case in cases:
+            score = harness.score(case).get("face_detected")
+            if score is None or score.error is not None or score.value is None:
+                return None  # model unavailable or a judge error: detect here instead (and report that)
+            if score.value == 0.0:
+                faceless += 1
+            elif isinstance(score.raw.get("descriptor"), list):
+                found.append(np.asarray(score.raw["descriptor"], dtype=np.float64))
+            else:
+                return None  # scores of an older judge version without descriptors
+        return found, faceless
+
+    def descriptors(self, images: list[np.ndarray], result: CheckResult, harness: "Harness | None" = None,
+                    cases: list[EvalCase] | None = None) -> tuple[list[np.ndarray], int] | None:
         if not self.config.identity:
             return None
+        if harness is not None and cases is not None and self._judge_configured:
+            stored = self.stored_descriptors(harness, cases)
+            if stored is not None:
+                return stored
         loaded = self._faces()
         if loaded is None:
             gated = any(m in self.config.min for m in ("diversity_identity", "vendi_identity"))
@@ -126,7 +148,7 @@ class DiversityCheck:
         if len(images) < 2:
             result.errors.append(f"{len(images)} readable image(s); diversity needs at least two per checkpoint")
             return result
-        faces = self.descriptors(images, result)
+        faces = self.descriptors(images, result, harness, cases)
         scores = set_scores(images, *(faces or (None, 0)))
         harness.store.append([
             ScoreRow.of(cases[0], s, judge=SOURCE, judge_version=VERSION, run_id=harness.run_id, worker=harness.worker)
