@@ -122,6 +122,9 @@ class ReportConfig(_Model):
 
     images: Literal["embed", "link"] = "embed"  # link: thumbnails under <run>/thumbs/, linked relatively
     thumbnail_px: int = Field(256, ge=32, le=2048)  # longest side of a thumbnail
+    # identity map projection (README "Identity beyond one score per image"): pca (numpy, always), tsne
+    # (scikit-learn) or umap (umap-learn) when installed; a missing package falls back to PCA, saying so
+    identity_map: Literal["pca", "tsne", "umap"] = "pca"
 
 
 class StatsConfig(_Model):

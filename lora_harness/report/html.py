@@ -40,10 +40,12 @@ class ReportOptions:
     images: Literal["embed", "link"] = "embed"
     thumbnail_px: int = 256
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    identity_map: Literal["pca", "tsne", "umap"] = "pca"
 
     @classmethod
     def of(cls, config: ReportConfig, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> "ReportOptions":
-        return cls(images=config.images, thumbnail_px=config.thumbnail_px, pixel_limit=pixel_limit)
+        return cls(images=config.images, thumbnail_px=config.thumbnail_px, pixel_limit=pixel_limit,
+                   identity_map=config.identity_map)
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,7 @@ def build_html_report(
         libraries_from_run=bool(manifest and manifest.libraries),
         verdict=_verdict(view),
         options=options,
-        identity=identity_html(rows, run_dir),  # reference audit, identity vs yaw, identity map (report/identity.py)
+        identity=identity_html(rows, run_dir, projection=options.identity_map),  # reference audit, identity vs yaw, identity map (report/identity.py)
     )
     path = out_dir / REPORT_NAME
     tmp = path.with_suffix(".html.tmp")

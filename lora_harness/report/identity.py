@@ -120,8 +120,30 @@ def pca_2d(vectors: np.ndarray) -> np.ndarray:
     return out if out.shape[1] == 2 else np.hstack([out, np.zeros((len(x), 2 - out.shape[1]))])
 
 
-def map_points(rows: Sequence[ScoreRow], audit: ReferenceAudit | None, *, thumbs: bool = True) -> list[IdentityPoint]:
-    """Generated faces (by checkpoint) and reference faces projected together to 2D with PCA."""
+def project_2d(vectors: np.ndarray, method: str = "pca") -> tuple[np.ndarray, str]:
+    """2D coordinates and the method used: t-SNE (scikit-learn) or UMAP (umap-learn) when asked for and
+    installed, else PCA. Both keep neighbours together (clusters of a person) where PCA keeps global spread;
+    they need a few points more than their neighbourhood size, so tiny sets fall back to PCA too."""
+    x = np.asarray(vectors, dtype=np.float64)
+    if method == "tsne" and len(x) > 5:
+        try:
+            from sklearn.manifold import TSNE
+        except ImportError:
+            return pca_2d(x), "PCA (t-SNE asked for; scikit-learn is not installed)"
+        perplexity = float(min(30.0, (len(x) - 1) / 3))
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=0).fit_transform(x), "t-SNE"
+    if method == "umap" and len(x) > 5:
+        try:
+            import umap
+        except ImportError:
+            return pca_2d(x), "PCA (UMAP asked for; umap-learn is not installed)"
+        return umap.UMAP(n_components=2, n_neighbors=min(15, len(x) - 1), random_state=0).fit_transform(x), "UMAP"
+    return pca_2d(x), "PCA" if method == "pca" else f"PCA ({method} needs more than 5 faces)"
+
+
+def map_points(rows: Sequence[ScoreRow], audit: ReferenceAudit | None, *, thumbs: bool = True,
+               projection: str = "pca") -> tuple[list[IdentityPoint], str]:
+    """Generated faces (by checkpoint) and reference faces projected together to 2D, and the method used."""
     labels, groups, images, vectors, refs = [], [], [], [], []
     for r in _face_rows(rows):
         descriptor = r.raw.get("descriptor")
@@ -133,13 +155,13 @@ def map_points(rows: Sequence[ScoreRow], audit: ReferenceAudit | None, *, thumbs
         images.append(path), refs.append(True)
     sizes = {len(v) for v in vectors}
     if len(vectors) < 2 or len(sizes) != 1:  # descriptors of two backends cannot share one map
-        return []
-    xy = pca_2d(np.array(vectors))
+        return [], ""
+    xy, method = project_2d(np.array(vectors), projection)
     embed = thumbs and len(vectors) <= MAX_MAP_THUMBS
     return [
         IdentityPoint(float(x), float(y), g, label, (thumbnail_uri(Path(img), MAP_THUMB_PX) if embed and img else None), ref)
         for (x, y), g, label, img, ref in zip(xy, groups, labels, images, refs)
-    ]
+    ], method
 
 
 def scatter_svg(points: Sequence[IdentityPoint], *, x_label: str, y_label: str, css_id: str) -> str:
@@ -194,7 +216,7 @@ IDENTITY_CSS = (
 )
 
 
-def identity_html(rows: Sequence[ScoreRow], run_dir: Path | None) -> str:
+def identity_html(rows: Sequence[ScoreRow], run_dir: Path | None, *, projection: str = "pca") -> str:
     """The report's identity section: reference audit, identity vs |yaw|, identity map. Empty without data."""
     audit = read_audit(run_dir) if run_dir is not None else None
     blocks = []
@@ -206,10 +228,11 @@ def identity_html(rows: Sequence[ScoreRow], run_dir: Path | None) -> str:
         blocks.append('<section id="identity-yaw"><h2>Identity vs head yaw</h2><p class="muted">One point per image '
                       "with a face, coloured by checkpoint: does the likeness hold as the head turns? Yaw from the 5 "
                       "landmarks (solvePnP, generic 3D face).</p>" + yaw + "</section>")
-    pts = map_points(rows, audit)
+    pts, method = map_points(rows, audit, projection=projection)
     if pts:
+        axis = "PC" if method.startswith("PCA") else method
         blocks.append('<section id="identity-map"><h2>Identity map</h2><p class="muted">Face descriptors of the '
                       "references (black squares) and of the generated images (by checkpoint), projected to 2D with "
-                      "PCA; hover a point for its image.</p>"
-                      + scatter_svg(pts, x_label="PC 1", y_label="PC 2", css_id="identity-map-plot") + "</section>")
+                      f"<span class=\"projection\">{html.escape(method)}</span>; hover a point for its image.</p>"
+                      + scatter_svg(pts, x_label=f"{axis} 1", y_label=f"{axis} 2", css_id="identity-map-plot") + "</section>")
     return (IDENTITY_CSS + "".join(blocks)) if blocks else ""
