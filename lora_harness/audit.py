@@ -122,6 +122,8 @@ class ReferenceAudit:
         for d in self.duplicates:
             lines.append(f"  near-duplicate: {Path(d.first).name} ~ {Path(d.second).name} "
                          f"(similarity {d.similarity:.3f}{', mirrored' if d.mirrored else ''})")
+        if sum(e.loo_distance is not None for e in self.entries) == 0 and self.entries:
+            lines.append("  (identity not compared: the leave-one-out centroid needs at least two photos with a face)")
         if not self.passed:
             lines.append("fix: remove or replace the listed photos in the training/reference set, then audit again")
         return "\n".join(lines)

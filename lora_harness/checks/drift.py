@@ -21,7 +21,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.checks.cases import LEAKAGE
 from lora_harness.checks.result import CheckResult
 from lora_harness.images import ImageError
 from lora_harness.judges import JudgeContext, Score, create_judge
