@@ -595,6 +595,22 @@ def lora_references(lora_harness: Harness) -> JudgeContext:
     return lora_harness.context()
 
 
+@pytest.fixture(scope="session")
+def lora_reference_audit(lora_harness: Harness) -> Any:
+    """The reference audit of `[person] references` (lora_harness.audit); `.assert_clean()` fails on outliers."""
+    from lora_harness.audit import AuditError, audit_config
+    from lora_harness.models import ModelUnavailable
+
+    from lora_harness.report.identity import write_audit
+
+    try:
+        audit = audit_config(lora_harness.config)
+    except (AuditError, ModelUnavailable) as exc:
+        pytest.skip(f"reference audit: {exc}")
+    write_audit(lora_harness.config.run_dir, audit)  # the report's "Reference audit" section reads it
+    return audit
+
+
 @pytest.fixture
 def lora_image(lora_harness: Harness, lora_case: EvalCase):
     """The case's image as an RGB uint8 array, decoded once and shared with the judges."""
@@ -717,7 +733,8 @@ def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
     if request.param is None:
         pytest.skip(lora_checks.SKIP_REASONS[fixture])
     memorization = request.getfixturevalue("_lora_memorization") if fixture == "lora_memorization_check" else None
-    return lora_checks.run_check(harness, fixture, request.param, memorization)
+    diversity = request.getfixturevalue("_lora_diversity") if fixture == "lora_diversity_check" else None
+    return lora_checks.run_check(harness, fixture, request.param, memorization, diversity)
 
 
 @pytest.fixture(scope="session")
@@ -725,6 +742,19 @@ def _lora_memorization(lora_harness: Harness) -> Any:
     from lora_harness.checks.memorization import MemorizationCheck
 
     return MemorizationCheck(lora_harness.config)  # training images and judges load once per worker
+
+
+@pytest.fixture(scope="session")
+def _lora_diversity(lora_harness: Harness) -> Any:
+    from lora_harness.checks.diversity import DiversityCheck
+
+    return DiversityCheck(lora_harness)  # the face backend loads once per worker
+
+
+@pytest.fixture
+def lora_diversity_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """A checkpoint's images as a set: diversity below `[diversity] min` fails ("all images look alike")."""
+    return _lora_check(request, lora_harness)
 
 
 @pytest.fixture
