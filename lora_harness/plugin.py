@@ -500,9 +500,12 @@ def _shard_key(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Any:
-    """After an image's test: its report thumbnail while the pixels are at hand; with `--alluredir`, its
-    image, scores and justifications as attachments, and labels."""
-    token = current_properties.set(item.user_properties)
+    """Around an eval test: the verdicts it enforces are recorded on it (only tests of this plugin's
+    fixtures: a harness unit test calling `Gate` directly is not a gate of the session). After an image's
+    test: its report thumbnail while the pixels are at hand; with `--alluredir`, its image, scores and
+    justifications as attachments, and labels."""
+    ours = any(name.startswith("lora_") or name == "snapshot_lora" for name in getattr(item, "fixturenames", ()))
+    token = current_properties.set(item.user_properties if ours else None)
     try:
         return (yield)
     finally:
