@@ -24,7 +24,6 @@ from lora_harness.verdicts.gates import Finding, checkpoint_verdict, gated_check
 from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
 from lora_harness.images import ImageError, load_rgb
-from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
 from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
@@ -32,7 +31,7 @@ from lora_harness.sources import collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 from lora_harness.verdicts.stats import CheckpointAggregates, aggregate
-from lora_harness.store import ScoreRow, ScoreStore, latest_rows
+from lora_harness.store import ScoreStore, latest_rows
 
 if TYPE_CHECKING:
     from lora_harness.generation.engine import ImageGenerator
@@ -116,7 +115,6 @@ class Harness:
         self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
         self._scores: dict[str, dict[str, Score]] = {}
         self._recorded: dict[str, dict[str, Score]] = {}  # lora_record scores of cases not judged yet
-        self._redactor = Redactor()
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self._context: JudgeContext | None = None
         self._generator: ImageGenerator | None = None
@@ -319,16 +317,10 @@ class Harness:
     def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
         """fsync one judge's scores for a batch before the next judge runs.
 
-        Secrets are redacted here, once, because an exception text may quote a key or an auth header and
-        from here scores flow to the store, CSV, failure messages, allure and the HTML report.
+        The store redacts (an exception text may quote a key or an auth header) and hands back the redacted
+        scores: only those are kept, since from here scores flow to failure messages, CSV, allure and reports.
         """
-        results = [(case, [self._redacted(s) for s in scores]) for case, scores in results]
-        self.store.append(
-            ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
-            for case, scores in results
-            for s in scores
-        )
-        for case, scores in results:
+        for case, scores in self.store.record(results, judge=judge.name, judge_version=judge.version):
             self._scores.setdefault(case.key, {}).update({s.metric: s for s in scores})
 
     def record(self, case: EvalCase, score: Score, *, source: str) -> None:
@@ -337,17 +329,11 @@ class Harness:
         Recorded before the judges ran, the score waits in `_recorded`: putting a partial set into `_scores`
         would make `score(case)` believe the case was already judged.
         """
-        score = self._redacted(score)
-        self.store.append([ScoreRow.of(case, score, judge=source, judge_version="test", run_id=self.run_id, worker=self.worker)])
+        ((_, (score,)),) = self.store.record([(case, [score])], judge=source, judge_version="test")
         if case.key in self._scores:
             self._scores[case.key][score.metric] = score
         else:
             self._recorded.setdefault(case.key, {})[score.metric] = score
-
-    def _redacted(self, score: Score) -> Score:
-        raw = self._redactor.value(dict(score.raw)) if score.raw else score.raw
-        error = self._redactor.text(score.error) if score.error else score.error
-        return score if (raw is score.raw and error == score.error) else Score(score.metric, score.value, raw, error)
 
     def image_verdict(self, case: EvalCase) -> tuple[Verdict, list[Finding]]:
         return image_verdict(
@@ -406,7 +392,7 @@ class Harness:
                 results = judge_many(judge, items, self.context())
             except Exception as exc:  # the earlier round's scores stand; the decision stays as it was
                 warnings.warn(f"lora-harness: adaptive round of {repeats} repeats for {checkpoint.key} failed: "
-                              f"{self._redactor.text(f'{type(exc).__name__}: {exc}')}", stacklevel=2)
+                              f"{self.store.redactor.text(f'{type(exc).__name__}: {exc}')}", stacklevel=2)
                 return False
             self._record(judge, [(case, scores) for (case, _), scores in zip(items, results)])
         return True
@@ -436,12 +422,9 @@ class Harness:
             results = [error_scores(judge, f"failed: {type(exc).__name__}: {exc}")] * len(pairs)
         scored = [(cand, scores) for (_, _, cand, _), scores in zip(pairs, results)]
         # Store only: the candidate case's per-image score set (self._scores) is the case judges' business.
-        self.store.append(
-            ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
-            for case, scores in [*scored, *((case, [score]) for case, score in problems)]
-            for s in scores
-        )
-        by_case = {case.key: scores[0] for case, scores in scored} | {case.key: score for case, score in problems}
+        recorded = self.store.record([*scored, *((case, [score]) for case, score in problems)],
+                                     judge=judge.name, judge_version=judge.version)
+        by_case = {case.key: scores[0] for case, scores in recorded if scores}
         return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs))
 
     def unavailable(self, cases: list[EvalCase]) -> list[str]:
