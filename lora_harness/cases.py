@@ -12,6 +12,11 @@ from pathlib import Path
 from typing import Literal
 
 StepKind = Literal["step", "epoch"]
+# What a case is for, one typed field read everywhere: "lora" (an image of the LoRA under test, judged and
+# gated), "baseline" (a reference: compared with, never gated), "leakage" / "strength" (extra images of the
+# LoRA checks, judged and stored but never under the thresholds).
+CaseRole = Literal["lora", "baseline", "leakage", "strength"]
+CHECK_ROLES: tuple[CaseRole, ...] = ("leakage", "strength")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,17 @@ class EvalCase:
     timestamp: str | None = None
     seed: int | None = None
     variant: str | None = None  # the configured source name the case came from
+    role: CaseRole = "lora"
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.role == "baseline"
+
+    @property
+    def is_check(self) -> bool:
+        """A leakage / strength image: stored and reported, never under the LoRA's own thresholds."""
+        return self.role in CHECK_ROLES
 
     @property
     def prompt_id(self) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from lora_harness.verdicts.baseline import BaselinePlan
 from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config, choose_best
 from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.checks.cases import expand_check_cases
+from lora_harness.checks.cases import expand_check_cases, owner
 from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
 from lora_harness.stale_sections import stale_sections, without_stale
@@ -76,7 +76,7 @@ class Harness:
         )
         # gate "best" depends on scores: chosen per LoRA on first use (`best_choice`), not here.
         # Baselines (the base model, a previous LoRA) are references: compared with, never gated.
-        self.baselines = frozenset(c.loraname for c in self.cases if c.extra.get("role") == "baseline")
+        self.baselines = frozenset(c.loraname for c in self.cases if c.is_baseline)
         self._gated = (
             None
             if config.gate.checkpoints == "best"
@@ -303,9 +303,7 @@ class Harness:
         plan = self.generation_groups()
         if not plan or self._groups is None:
             return None
-        checkpoint = Checkpoint.of(case)
-        if "of" in case.extra:  # a leakage/strength image belongs to its LoRA's checkpoint
-            checkpoint = Checkpoint(case.extra["of"], case.training_step, case.step_kind)
+        checkpoint = owner(case)  # a leakage/strength image belongs to its LoRA's checkpoint
         return plan.get(self._groups.get(checkpoint, checkpoint.key))
 
     def _materialize(self, case: EvalCase) -> None:

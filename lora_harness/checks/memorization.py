@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import MEMORIZATION, is_check_case
+from lora_harness.checks.cases import MEMORIZATION
 from lora_harness.checks.result import CheckResult
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.judges import JudgeContext, Score, create_judge
@@ -87,7 +87,7 @@ class MemorizationCheck:
 
     def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
         result = CheckResult("memorization", checkpoint)
-        cases = [c for c in harness.cases_of(checkpoint) if not is_check_case(c)]
+        cases = [c for c in harness.cases_of(checkpoint) if not c.is_check]
         items = []
         for case in cases:
             try:

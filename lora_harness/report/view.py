@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows, values_from_rows
-from lora_harness.checks.cases import CHECK_ROLES
+from lora_harness.cases import CHECK_ROLES
 from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.cases import Checkpoint, safe_id
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
