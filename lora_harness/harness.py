@@ -15,7 +15,7 @@ import numpy as np
 
 from lora_harness.verdicts.baseline import BaselinePlan
 from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config, choose_best
-from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.cases import Checkpoint, EvalCase, checkpoint_order
 from lora_harness.checks.cases import expand_check_cases, owner
 from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
@@ -28,7 +28,7 @@ from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
 from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
-from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
+from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase, baseline_names
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 from lora_harness.verdicts.stats import CheckpointAggregates, aggregate
 from lora_harness.store import ScoreStore, latest_rows
@@ -72,11 +72,11 @@ class Harness:
         # Leakage / strength images (lora_harness.checks): judged and stored, but not under the thresholds.
         self.check_cases = expand_check_cases(self.cases, config)
         self.checkpoints = sorted(
-            {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
-        )
+{Checkpoint.of(case) for case in self.cases}, key=checkpoint_order)
         # gate "best" depends on scores: chosen per LoRA on first use (`best_choice`), not here.
         # Baselines (the base model, a previous LoRA) are references: compared with, never gated.
-        self.baselines = frozenset(c.loraname for c in self.cases if c.is_baseline)
+        # The one rule (`baseline_names`), shared with the report, which sees the config but no cases.
+        self.baselines = baseline_names(config.sources)
         self._gated = (
             None
             if config.gate.checkpoints == "best"
@@ -145,6 +145,10 @@ class Harness:
         if self._gated is None:
             return {c for c in self.checkpoints if self.is_gated(c)}
         return self._gated
+
+    def gated_of(self, loraname: str) -> list[Checkpoint]:
+        """One LoRA's gated checkpoints in sweep order (a baseline LoRA has none)."""
+        return [c for c in self.checkpoints if c.loraname == loraname and self.is_gated(c)]
 
     def is_gated(self, checkpoint: Checkpoint) -> bool:
         if checkpoint.loraname in self.baselines:

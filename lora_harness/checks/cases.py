@@ -12,7 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from lora_harness.cases import CaseRole, Checkpoint, EvalCase, Prompt
+from lora_harness.cases import CaseRole, Checkpoint, EvalCase, Prompt, latest_per_lora
 from lora_harness.prompts import parse_prompt_line, prompt_lines
 from lora_harness.sources.generate import DEFAULT_SEED, GeneratedCase, image_path
 
@@ -42,11 +42,7 @@ def _checkpoints(cases: Iterable[EvalCase], which: str) -> dict[Checkpoint, list
         if isinstance(case, GeneratedCase) and case.lora is not None and case.role == "lora":
             found.setdefault(Checkpoint.of(case), []).append(case)
     if which == "latest":
-        last: dict[str, Checkpoint] = {}
-        for c in found:
-            if c.loraname not in last or (c.step_kind, c.training_step) > (last[c.loraname].step_kind, last[c.loraname].training_step):
-                last[c.loraname] = c
-        found = {c: found[c] for c in last.values()}
+        found = {c: found[c] for c in latest_per_lora(found).values()}
     return found
 
 

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from lora_harness.cases import step_label  # noqa: F401  (re-exported: reports import it from here)
+from lora_harness.cases import case_order, step_label  # noqa: F401  (re-exported: reports import it from here)
 from lora_harness.store import ScoreRow
 
 ID_COLUMNS = ["loraname", "training_step", "prompt_id", "timestamp"]
@@ -47,7 +47,7 @@ def wide_frame(rows: list[ScoreRow]) -> pd.DataFrame:
     """One row per case; metric values as columns (empty where a judge errored)."""
     metrics = metric_order(row.metric for row in rows)
     cases: dict[str, dict[str, object]] = {}
-    for row in sorted(rows, key=lambda r: (r.loraname, r.step_kind, r.training_step, r.prompt_id, r.seed or 0)):
+    for row in sorted(rows, key=case_order):
         record = cases.setdefault(
             row.case_key,
             {

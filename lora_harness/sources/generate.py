@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lora_harness.cases import CaseRole, EvalCase, Prompt, StepKind, safe_id
+from lora_harness.cases import CaseRole, EvalCase, Prompt, StepKind, checkpoint_order, safe_id
 from lora_harness.prompts import parse_prompt_lines, read_prompt_file
 
 DEFAULT_SEED = 42
@@ -177,7 +177,7 @@ def find_checkpoints(
                     "remove one from `lora`, or set `final_step` on the source if the final file's metadata is wrong"
                 )
             checkpoints[(name, kind, number)] = ckpt  # type: ignore[index]
-    return sorted(checkpoints.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step))
+    return sorted(checkpoints.values(), key=checkpoint_order)
 
 
 def _sibling_kinds(path: Path, name: str) -> set[Any]:
