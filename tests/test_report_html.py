@@ -352,6 +352,12 @@ def test_many_thumbnails_are_made_in_worker_processes(tmp_path: Path, monkeypatc
     from report_rows import write_image
 
     monkeypatch.setattr(thumbs, "PROCESS_THRESHOLD", 4)  # the real threshold is 64 images
+
+    def in_this_process(*args: object) -> None:
+        raise AssertionError("a thumbnail was made in the test's own process, not in a worker")
+
+    # Spawned workers import the module afresh (the real `_make`); only this process sees the tripwire.
+    monkeypatch.setattr(thumbs, "_make", in_this_process)
     items = [(f"case-{i}", str(write_image(tmp_path / f"{i}.png", i, size=96))) for i in range(6)]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     items.append(("case-broken", str(tmp_path / "broken.png")))
