@@ -307,10 +307,3 @@ class GenerationLog:
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(self.redactor.value(json.loads(line))) + "\n")
 
-
-def read_log(folder: Path) -> list[dict[str, Any]]:
-    """Every worker's generation events of a run's images folder, oldest first."""
-    events: list[dict[str, Any]] = []
-    for path in sorted(Path(folder).glob("generation.*.jsonl")):
-        events += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return sorted(events, key=lambda e: e.get("time", 0))
