@@ -26,7 +26,7 @@ from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.verdicts.gate_check import VERDICT_PROPERTY, Gate, Unjudged, current_properties
 from lora_harness.harness import Harness
-from lora_harness.judges import JudgeContext, Score
+from lora_harness.judges import Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.generate import GenerateSource
@@ -293,7 +293,7 @@ _PARAMETRIZED = (
     *lora_checks.FIXTURES,
 )
 # Fixtures that need a valid config: with a config error, tests asking for them are deselected.
-_NEEDS_CONFIG = frozenset({*_PARAMETRIZED, "lora_harness", "lora_eval_config", "lora_judges", "lora_references"})
+_NEEDS_CONFIG = frozenset({*_PARAMETRIZED, "lora_harness"})
 
 
 @dataclass(frozen=True)
@@ -555,22 +555,6 @@ def _attach_allure(item: pytest.Item) -> None:
 def lora_harness(request: pytest.FixtureRequest) -> Harness:
     """The run: config, cases, judges and the score store of this process."""
     return _harness_or_fail(request.config)
-
-
-@pytest.fixture(scope="session")
-def lora_eval_config(lora_harness: Harness) -> EvalConfig:
-    return lora_harness.config
-
-
-@pytest.fixture(scope="session")
-def lora_judges(lora_harness: Harness) -> list:
-    return lora_harness.judges
-
-
-@pytest.fixture(scope="session")
-def lora_references(lora_harness: Harness) -> JudgeContext:
-    """Reference photos of the person (decoded once per worker) with their paths."""
-    return lora_harness.context()
 
 
 @pytest.fixture

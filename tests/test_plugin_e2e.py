@@ -209,3 +209,21 @@ def test_exit_code_five_is_not_swallowed_by_make(tmp_path: Path, pytest_rc: int,
     assert "stand-in pytest evals -n auto" in done.stdout  # the recipe really ran our pytest
     assert (done.returncode != 0) is make_fails, done.stdout + done.stderr
     assert ("pytest collected no tests" in done.stderr) is (pytest_rc == 5)
+
+
+def test_a_test_computes_its_own_metric_from_lora_image_and_records_it(pytester: pytest.Pytester) -> None:
+    """`lora_image` (the decoded pixels the judges also see) + `lora_record`: a metric of the suite's own."""
+    write_suite(pytester.path, samples=[DEMO / "samples" / "personal-lora-demo-r4"])
+    (pytester.path / "test_lora.py").write_text(
+        "def test_image(lora_case, lora_image, lora_record):\n"
+        "    assert lora_image.dtype.name == 'uint8' and lora_image.shape[2] == 3\n"
+        "    lora_record('mean_grey', float(lora_image.mean()) / 255)\n"
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=12)
+    scores = pd.read_csv(pytester.path / "reports" / "e2e" / "scores.csv")
+    assert len(scores) == 12 and scores["mean_grey"].notna().all()
+    for _, row in scores.head(3).iterrows():
+        image = next((DEMO / "samples" / "personal-lora-demo-r4").glob(f"*_{int(row['training_step']):06d}_{int(row['prompt_id']):02d}_*"))
+        with Image.open(image) as pil:
+            assert row["mean_grey"] == pytest.approx(np.asarray(pil.convert("RGB")).mean() / 255, abs=1e-6)
