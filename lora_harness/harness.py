@@ -36,6 +36,10 @@ from lora_harness.store import ScoreStore, latest_rows
 if TYPE_CHECKING:
     from lora_harness.generation.engine import ImageGenerator
 
+# Decoded images kept per process: a checkpoint's images (e.g. 20 at 1024 px = 63 MB) stay decoded from judging
+# to their tests and thumbnails; beyond it the oldest go, and a later use decodes again.
+IMAGE_CACHE_BYTES = 96 * 2**20
+
 
 class Harness:
     def __init__(
@@ -116,6 +120,7 @@ class Harness:
         self._scores: dict[str, dict[str, Score]] = {}
         self._recorded: dict[str, dict[str, Score]] = {}  # lora_record scores of cases not judged yet
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._image_bytes = 0
         self._context: JudgeContext | None = None
         self._generator: ImageGenerator | None = None
         self._generators: dict[str | None, ImageGenerator] = {}
@@ -194,14 +199,22 @@ class Harness:
         return self._context
 
     def image(self, case: EvalCase) -> np.ndarray:
-        """The case's decoded image; the last few are kept so a test and its fixtures decode it once."""
+        """The case's decoded image, decoded once: judging a checkpoint keeps its images (up to
+        `IMAGE_CACHE_BYTES`), so each case's test, fixtures and report thumbnail reuse the judges' pixels."""
         key = case.key
-        if key not in self._images:
-            self._materialize(case)
-            self._images[key] = load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
-            while len(self._images) > 4:
-                self._images.popitem(last=False)
-        return self._images[key]
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        return self._remember(key, self._decode(case))
+
+    def _remember(self, key: str, pixels: np.ndarray) -> np.ndarray:
+        """Keep decoded pixels, oldest dropped first beyond the byte budget (always the last few)."""
+        self._images[key] = pixels
+        self._image_bytes += pixels.nbytes
+        while len(self._images) > 4 and self._image_bytes > IMAGE_CACHE_BYTES:
+            _, dropped = self._images.popitem(last=False)
+            self._image_bytes -= dropped.nbytes
+        return pixels
 
     def known_scores(self, case: EvalCase) -> dict[str, Score]:
         """The case's scores this process already has (never judges): for reporting after a test."""
@@ -225,7 +238,7 @@ class Harness:
     def _load_stored(self) -> None:
         """Adopt complete score sets another process of this run already recorded."""
         by_case: dict[str, dict[str, Score]] = defaultdict(dict)
-        for row in latest_rows(self.store.rows(run_id=self.run_id)):
+        for row in latest_rows(self.store.others_rows()):
             by_case[row.case_key][row.metric] = Score(row.metric, row.value, row.raw, row.error)
         wanted = set(self.metrics)
         for key, scores in by_case.items():
@@ -237,7 +250,7 @@ class Harness:
         for case in cases:
             self._scores[case.key] = {}
             try:
-                items.append((case, self.image(case) if case is cases[0] else self._decode(case)))
+                items.append((case, self.image(case)))
             except ImageError as exc:
                 for judge in self.judges:
                     self._record(judge, [(case, error_scores(judge, str(exc)))])

@@ -17,7 +17,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -136,7 +136,8 @@ class ScoreStore:
 
     def _write(self, rows: Iterable[ScoreRow]) -> None:
         """The only code that writes score files; callers come through `record` or `append`, which redact."""
-        lines = "".join(json.dumps(asdict(row), allow_nan=False, default=str) + "\n" for row in rows)
+        # vars(), not asdict(): a row's fields are plain values and asdict's deep copy was most of a write's cost
+        lines = "".join(json.dumps(vars(row), allow_nan=False, default=str) + "\n" for row in rows)
         if not lines:
             return
         self.scores_dir.mkdir(parents=True, exist_ok=True)
@@ -148,8 +149,14 @@ class ScoreStore:
     def rows(self, *, run_id: str | None = None) -> list[ScoreRow]:
         return list(read_rows(self.run_dir, run_id=run_id))
 
+    def others_rows(self) -> list[ScoreRow]:
+        """This run's rows written by the other processes (xdist workers): what this writer has not seen.
+        Its own file is skipped: everything in it came from this process (reading it back per checkpoint
+        made a run's cost grow with the square of its size)."""
+        return list(read_rows(self.run_dir, run_id=self.run_id, skip=self.path))
 
-def read_rows(run_dir: Path, *, run_id: str | None = None) -> Iterator[ScoreRow]:
+
+def read_rows(run_dir: Path, *, run_id: str | None = None, skip: Path | None = None) -> Iterator[ScoreRow]:
     """All rows of a run folder (optionally one session's), in file then line order.
 
     A torn last line (a process killed mid-write) is skipped with a warning, not an error: the rows before
@@ -158,6 +165,8 @@ def read_rows(run_dir: Path, *, run_id: str | None = None) -> Iterator[ScoreRow]
     scores_dir = Path(run_dir) / SCORES_DIRNAME
     pattern = f"{run_id}.*.jsonl" if run_id else "*.jsonl"
     for path in sorted(scores_dir.glob(pattern)):
+        if path == skip:
+            continue
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():
