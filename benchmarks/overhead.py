@@ -48,11 +48,12 @@ def pytest_collection_finish(session):
 
 
 def pytest_runtest_logstart(nodeid, location):
-    _T.setdefault("first", time.perf_counter())
+    if "first" not in _T:
+        _T["first"], _T["first_cpu"] = time.perf_counter(), time.process_time()
 
 
 def pytest_runtest_logfinish(nodeid, location):
-    _T["last"] = time.perf_counter()
+    _T["last"], _T["last_cpu"] = time.perf_counter(), time.process_time()
     _T["n"] += 1
 
 
@@ -147,6 +148,7 @@ def run_suite(root: Path, args: list[str], cases: int, code: Path | None = None)
         "collect_s": t["collected"] - t["start"],
         "tests_s": t["last"] - t["first"],
         "per_case_ms": 1000 * (t["last"] - t["first"]) / cases,
+        "cpu_per_case_ms": 1000 * (t["last_cpu"] - t["first_cpu"]) / cases,
         "session_end_s": t["end"] - t["last"],
         "total_s": t["end"] - t["start"],
     }
@@ -175,24 +177,28 @@ def main() -> None:
             runs[name].append(run_suite(harness, ["--lora-config", str(harness / "lora_eval.toml")], args.cases, code))
     print(f"plugin overhead: {args.cases} tests, median of {args.repeats} runs each, alternating; load average "
           f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} cores")
-    print(f"{'suite':10} {'collect s':>10} {'tests s':>9} {'per case ms':>12} {'session end s':>14} {'total s':>8}")
+    print(f"{'suite':10} {'collect s':>10} {'tests s':>9} {'per case ms':>12} {'CPU ms':>7} {'session end s':>14} {'total s':>8}")
     med = {}
     for name, results in runs.items():
         med[name] = {k: statistics.median(r[k] for r in results) for k in results[0]}
         m = med[name]
-        print(f"{name:10} {m['collect_s']:10.3f} {m['tests_s']:9.3f} {m['per_case_ms']:12.3f} {m['session_end_s']:14.3f} {m['total_s']:8.3f}")
-        each = " ".join(f"{r['per_case_ms']:.3f}" for r in results)
-        print(f"  each run per case ms: {each}")
-    plain_ms = med["plain"]["per_case_ms"]
-    ours = {}
+        print(f"{name:10} {m['collect_s']:10.3f} {m['tests_s']:9.3f} {m['per_case_ms']:12.3f} {m['cpu_per_case_ms']:7.3f} "
+              f"{m['session_end_s']:14.3f} {m['total_s']:8.3f}")
+        each = " ".join(f"{r['per_case_ms']:.3f}/{r['cpu_per_case_ms']:.3f}" for r in results)
+        print(f"  each run per case ms, wall/CPU: {each}")
+    plain_ms, plain_cpu = med["plain"]["per_case_ms"], med["plain"]["cpu_per_case_ms"]
+    ours, ours_cpu = {}, {}
     for name in codes:
         m = med[name]
         ours[name] = m["per_case_ms"] - plain_ms
+        ours_cpu[name] = m["cpu_per_case_ms"] - plain_cpu
         whole = 1000 * (m["total_s"] - med["plain"]["total_s"]) / args.cases
         print(f"{name}: per case above plain pytest {ours[name]:.3f} ms in the test phase ({m['per_case_ms'] / plain_ms:.2f}x "
-              f"pytest's own); {whole:.3f} ms per case counting collection and the session-end CSV/report")
+              f"pytest's own); process CPU {ours_cpu[name]:.3f} ms; {whole:.3f} ms per case counting collection and the "
+              "session-end CSV/report")
     if "before" in ours:
-        print(f"harness overhead per case now / before: {ours['harness'] / ours['before']:.2f}")
+        print(f"harness overhead per case now / before: wall {ours['harness'] / ours['before']:.2f}, "
+              f"process CPU {ours_cpu['harness'] / ours_cpu['before']:.2f}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

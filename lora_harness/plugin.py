@@ -515,17 +515,28 @@ _USES_PIXELS = frozenset({"lora_scores", "lora_gate", "lora_image"})
 
 
 def _thumbnail(item: pytest.Item) -> None:
-    from lora_harness.report.thumbs import thumbnail_while_judging
-
-    case, harness = _param(item, "lora_case"), _state(item.config)._harness
+    """The case's report thumbnail from the pixels its test used, written in the background (`_THUMBNAILS`)."""
+    case, state = _param(item, "lora_case"), _state(item.config)
+    harness = state._harness
     if isinstance(case, EvalCase) and harness is not None and _USES_PIXELS & set(getattr(item, "fixturenames", ())):
         try:
-            thumbnail_while_judging(
-                case.key, case.image_path, lambda: harness.image(case), harness.config.run_dir,
-                harness.config.report.thumbnail_px,
+            pixels = harness.image(case)  # here, not on the writer's thread: the harness is not thread-safe
+            _thumbnail_writer(item.config).submit(
+                case.key, case.image_path, pixels, harness.config.run_dir, harness.config.report.thumbnail_px,
             )
         except Exception:  # never change a test's outcome: the report build makes what is missing
             pass
+
+
+_THUMBNAILS = pytest.StashKey[Any]()
+
+
+def _thumbnail_writer(config: pytest.Config) -> Any:
+    if _THUMBNAILS not in config.stash:
+        from lora_harness.report.thumbs import ThumbnailWriter
+
+        config.stash[_THUMBNAILS] = ThumbnailWriter()
+    return config.stash[_THUMBNAILS]
 
 
 def _attach_allure(item: pytest.Item) -> None:
@@ -737,6 +748,8 @@ def lora(lora_harness: Harness, flux_pipeline: Any) -> Any:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = _state(config)
+    if _THUMBNAILS in config.stash:  # every thumbnail on disk before a report (here or the controller's) reads them
+        config.stash[_THUMBNAILS].close()
     if hasattr(config, "workerinput"):
         config.workeroutput[CONFIG_ERRORS_KEY] = list(state.config_errors)
         if state._harness is not None:
