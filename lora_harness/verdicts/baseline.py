@@ -24,7 +24,7 @@ import pandas as pd
 
 from lora_harness.cases import Checkpoint, checkpoint_order
 from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
-from lora_harness.report.csv import ScoresCsvError, metric_columns, read_scores_csv
+from lora_harness.scores_csv import ScoresCsvError, metric_columns, read_scores_csv
 from lora_harness.verdicts.gate_check import enforce
 from lora_harness.verdicts.outcome import Decision, Policy, Verdict, decide
 from lora_harness.verdicts.stats import PairedDifference, paired_difference
