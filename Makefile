@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-EXTRAS ?= generate,embed,face,llm,report,dev
+EXTRAS ?= generate,embed,face,arcface,maps,llm,report,dev
 PYTEST_ARGS ?=
 
 .PHONY: eval test install clean browser

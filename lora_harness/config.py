@@ -16,7 +16,7 @@ from pydantic import (
     BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator,
 )
 
-from lora_harness.checks.settings import LeakageConfig, MemorizationConfig, StrengthConfig
+from lora_harness.checks.settings import DiversityConfig, LeakageConfig, MemorizationConfig, StrengthConfig
 from lora_harness.generation.settings import PipelineConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.sources.generate import GenerateSource
@@ -102,7 +102,7 @@ class GateConfig(_Model):
     inconclusive: Literal["fail", "pass", "xfail"] = "fail"
     # Adaptive judging: an inconclusive checkpoint gets more judge repeats, in rounds, until decided or spent.
     adaptive: bool = False
-    max_repeats: int = Field(8, ge=1, le=50)  # per image, the first answer included
+    max_repeats: int = Field(16, ge=1, le=50)  # per image, the first answer included
 
     @field_validator("checkpoints", mode="wrap")
     @classmethod
@@ -122,6 +122,9 @@ class ReportConfig(_Model):
 
     images: Literal["embed", "link"] = "embed"  # link: thumbnails under <run>/thumbs/, linked relatively
     thumbnail_px: int = Field(256, ge=32, le=2048)  # longest side of a thumbnail
+    # identity map projection (README "Identity beyond one score per image"): pca (numpy, always), tsne
+    # (scikit-learn) or umap (umap-learn) when installed; a missing package falls back to PCA, saying so
+    identity_map: Literal["pca", "tsne", "umap"] = "pca"
 
 
 class StatsConfig(_Model):
@@ -196,6 +199,7 @@ class EvalConfig(_Model):
     leakage: LeakageConfig | None = None  # LoRA-specific checks (lora_harness.checks)
     strength: StrengthConfig | None = None
     memorization: MemorizationConfig | None = None
+    diversity: DiversityConfig | None = None  # set-level metrics per checkpoint (lora_harness.checks.diversity)
     path: Path | None = Field(None, exclude=True)  # where it was loaded from, for messages
 
     @model_validator(mode="after")
@@ -332,6 +336,7 @@ _FIELDS_BY_SECTION = {
     "leakage": LeakageConfig.model_fields,
     "strength": StrengthConfig.model_fields,
     "memorization": MemorizationConfig.model_fields,
+    "diversity": DiversityConfig.model_fields,
 }
 
 

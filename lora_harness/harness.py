@@ -126,6 +126,12 @@ class Harness:
         self._generators: dict[str | None, ImageGenerator] = {}
         self._generation_groups: dict[str, str] | None = None
         self._groups: dict[Checkpoint, str] | None = None
+        # Judging ahead (judges with `submit_batch`, e.g. llm_rubric): the checkpoints this session tests, in
+        # the order its tests run (set by the plugin after collection); per judge, the scores already asked
+        # for by case key, and how far along that order it has submitted.
+        self.stream_order: list[Checkpoint] = []
+        self._ahead: dict[str, dict[str, Any]] = {}
+        self._stream_cursor: dict[str, int] = {}
 
     @property
     def metrics(self) -> list[str]:
@@ -195,6 +201,7 @@ class Harness:
                 description=self.config.person.description,
                 cache_dir=self.config.run_dir / "cache",
                 worker_count=self.worker_count,
+                run_id=self.run_id,
             )
         return self._context
 
@@ -265,7 +272,10 @@ class Harness:
             return
         for judge in self.judges:
             try:
-                results = judge_many(judge, items, context)
+                if hasattr(judge, "submit_batch"):
+                    results = self._judge_streaming(judge, items, context)
+                else:
+                    results = judge_many(judge, items, context)
                 if len(results) != len(items):
                     raise RuntimeError(f"returned {len(results)} results for {len(items)} images")
             except ModelUnavailable as exc:  # a model/package absent here: missing scores, gated tests skip
@@ -274,6 +284,45 @@ class Harness:
             except Exception as exc:  # a judge bug or outage must not lose other judges' scores
                 results = [error_scores(judge, f"failed: {type(exc).__name__}: {exc}")] * len(items)
             self._record(judge, [(case, scores) for (case, _), scores in zip(items, results)])
+
+    def _judge_streaming(self, judge: Any, items: list[tuple[EvalCase, np.ndarray]], context: JudgeContext) -> list[list[Score]]:
+        """This checkpoint's scores from a judge that takes work ahead: its cases already submitted while an
+        earlier checkpoint was judged are not asked again; then the judge is kept busy with the next
+        checkpoints (`_submit_ahead`) while this test waits only for its own checkpoint's answers."""
+        for case, _ in items:
+            self._ahead.setdefault(judge.name, {}).pop(case.key, None)
+        # Submitted again, now as needed: the judge shares what it has in flight or settled for these
+        # cases (moving queued ones to the front) and asks only what it does not have.
+        futures = judge.submit_batch(items, context)
+        self._submit_ahead(judge, context)
+        return judge.collect(futures, context)
+
+    def _submit_ahead(self, judge: Any, context: JudgeContext) -> None:
+        """Submit the next checkpoints of `stream_order` until the judge has `prefetch_target` requests of
+        its own queued. Under xdist another worker may test them: it then finds the answers in the shared
+        cache (or waits for them, see `judges.llm.runwide.Claims`), and nothing is asked twice. Generated
+        cases are not judged ahead (that would generate their images out of turn); unreadable images are
+        left to their own test, which records the error."""
+        ahead = self._ahead.setdefault(judge.name, {})
+        cursor = self._stream_cursor.get(judge.name, 0)
+        try:
+            while cursor < len(self.stream_order) and judge.backlog(context) < judge.prefetch_target:
+                checkpoint = self.stream_order[cursor]
+                cursor += 1
+                items = []
+                for case in self.cases_of(checkpoint):
+                    if case.key in self._scores or case.key in ahead or isinstance(case, GeneratedCase):
+                        continue
+                    try:
+                        items.append((case, load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)))
+                    except ImageError:
+                        continue
+                if items:
+                    for (case, _), future in zip(items, judge.submit_batch(items, context, ahead=True)):
+                        ahead[case.key] = future
+        except Exception:  # e.g. no endpoint: judging ahead is an optimisation; each test reports its own
+            cursor = len(self.stream_order)
+        self._stream_cursor[judge.name] = cursor
 
     def _decode(self, case: EvalCase) -> np.ndarray:
         self._materialize(case)
@@ -440,7 +489,7 @@ class Harness:
         recorded = self.store.record([*scored, *((case, [score]) for case, score in problems)],
                                      judge=judge.name, judge_version=judge.version)
         by_case = {case.key: scores[0] for case, scores in recorded if scores}
-        return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs))
+        return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs), policy=self.policy)
 
     def unavailable(self, cases: list[EvalCase]) -> list[str]:
         """Why metrics of these cases are missing because a judge's model or package is absent here."""

@@ -445,7 +445,11 @@ class _ShardAndProgress:
                 {**value, "test": report.nodeid} for name, value in report.user_properties if name == VERDICT_PROPERTY
             )
         info = dict(report.user_properties).get(PROGRESS_KEY)
-        report.user_properties[:] = [p for p in report.user_properties if p[0] != PROGRESS_KEY]
+        # JUnit shows each enforced verdict as a plain `verdict` property (pass, fail, inconclusive, ...)
+        report.user_properties[:] = [
+            ("verdict", p[1]["decision"]) if p[0] == VERDICT_PROPERTY else p
+            for p in report.user_properties if p[0] != PROGRESS_KEY
+        ]
         if str(self.config.getoption("lora_progress")).lower() == "off":
             return
         if report.when != "call" and not (report.when == "setup" and report.outcome != "passed"):
@@ -465,6 +469,24 @@ class _ShardAndProgress:
             if writer is not None and writer.width_of_current_line:
                 reporter.write("\n")
             reporter.write_line(line)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Tell the harness which checkpoints this session tests, in test order (after -k and --shard), so
+    judges that take work ahead (llm_rubric) judge the next ones while a test waits for its own."""
+    state = session.config.stash.get(_STATE, None)
+    harness = state._harness if state is not None else None
+    if harness is None:
+        return
+    order: dict[Checkpoint, None] = {}
+    for item in session.items:
+        case, checkpoint = _param(item, "lora_case"), _param(item, "lora_checkpoint")
+        if isinstance(case, EvalCase):
+            order.setdefault(Checkpoint.of(case))
+        elif isinstance(checkpoint, Checkpoint):
+            order.setdefault(checkpoint)
+    harness.stream_order = list(order)
 
 
 def _param(item: pytest.Item, name: str) -> Any:
@@ -566,6 +588,22 @@ def _attach_allure(item: pytest.Item) -> None:
 def lora_harness(request: pytest.FixtureRequest) -> Harness:
     """The run: config, cases, judges and the score store of this process."""
     return _harness_or_fail(request.config)
+
+
+@pytest.fixture(scope="session")
+def lora_reference_audit(lora_harness: Harness) -> Any:
+    """The reference audit of `[person] references` (lora_harness.audit); `.assert_clean()` fails on outliers."""
+    from lora_harness.audit import AuditError, audit_config
+    from lora_harness.models import ModelUnavailable
+
+    from lora_harness.report.identity import write_audit
+
+    try:
+        audit = audit_config(lora_harness.config)
+    except (AuditError, ModelUnavailable) as exc:
+        pytest.skip(f"reference audit: {exc}")
+    write_audit(lora_harness.config.run_dir, audit)  # the report's "Reference audit" section reads it
+    return audit
 
 
 @pytest.fixture
@@ -690,7 +728,8 @@ def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
     if request.param is None:
         pytest.skip(lora_checks.SKIP_REASONS[fixture])
     memorization = request.getfixturevalue("_lora_memorization") if fixture == "lora_memorization_check" else None
-    return lora_checks.run_check(harness, fixture, request.param, memorization)
+    diversity = request.getfixturevalue("_lora_diversity") if fixture == "lora_diversity_check" else None
+    return lora_checks.run_check(harness, fixture, request.param, memorization, diversity)
 
 
 @pytest.fixture(scope="session")
@@ -698,6 +737,19 @@ def _lora_memorization(lora_harness: Harness) -> Any:
     from lora_harness.checks.memorization import MemorizationCheck
 
     return MemorizationCheck(lora_harness.config)  # training images and judges load once per worker
+
+
+@pytest.fixture(scope="session")
+def _lora_diversity(lora_harness: Harness) -> Any:
+    from lora_harness.checks.diversity import DiversityCheck
+
+    return DiversityCheck(lora_harness)  # the face backend loads once per worker
+
+
+@pytest.fixture
+def lora_diversity_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+    """A checkpoint's images as a set: diversity below `[diversity] min` fails ("all images look alike")."""
+    return _lora_check(request, lora_harness)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import io
 import json
+import random
 import threading
 import time
 import uuid
@@ -34,6 +35,7 @@ from PIL import Image
 
 FAULT_KINDS = (
     "429", "500", "delay", "malformed", "out_of_range", "refusal", "truncated", "echo_auth", "401", "missing_key",
+    "bad_score", "403", "404",
 )
 
 
@@ -44,6 +46,8 @@ class Fault:
     retry_after: str | None = None  # 429/500: the Retry-After header value (seconds), None = no header
     delay: float = 0.0  # "delay": seconds before answering
     match: Callable[["Request"], bool] | None = None
+    value: Any = None  # "bad_score": what the score becomes (True, "0.7", ...): a server ignoring the schema
+    keys: tuple[str, ...] | None = None  # "bad_score": only these criteria (None: all)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
@@ -84,11 +88,13 @@ class Call:
     fault: str | None
     status: int
     has_authorization: bool
+    text: str = ""  # the request's text parts (rubric wording, prompt)
 
 
 @dataclass
 class FakeOpenAIServer:
     latency: float = 0.0  # seconds from a request's arrival to its answer (a real endpoint's response time)
+    jitter: float = 0.0  # each answer's latency is uniform in latency +- jitter (seeded: reproducible)
     score_from: str = "brightness"  # or "hash"
     position_bias: float = 0.0
     expected_key: str | None = None  # when set, other keys get 401
@@ -101,6 +107,9 @@ class FakeOpenAIServer:
         self._thread: threading.Thread | None = None
         self.max_concurrent = 0
         self._active = 0
+        self.first_start: float | None = None  # time.monotonic() of the first request's arrival
+        self.last_end: float | None = None  # ... and of the last answer sent
+        self._rng = random.Random(0)
 
     # --- lifecycle ---------------------------------------------------------------------------------------
 
@@ -149,6 +158,11 @@ class FakeOpenAIServer:
         with self._lock:
             return [c.fingerprint for c in self.calls]
 
+    @property
+    def texts(self) -> list[str]:
+        with self._lock:
+            return [c.text for c in self.calls]
+
     def ok_calls(self) -> list[Call]:
         with self._lock:
             return [c for c in self.calls if c.status == 200 and c.fault is None]
@@ -165,7 +179,7 @@ class FakeOpenAIServer:
         with self._lock:
             self.calls.append(
                 Call(len(self.calls), started, request.fingerprint, request.keys, request.schema_name,
-                     None if fault is None else fault.kind, status, request.authorization is not None)
+                     None if fault is None else fault.kind, status, request.authorization is not None, request.text)
             )
 
     # --- answers -----------------------------------------------------------------------------------------
@@ -219,7 +233,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         """`/_stats`: the call count, for a server running in another process (the benchmark)."""
         if self.path == "/_stats":
-            self._send(200, {"calls": self.owner.call_count, "max_concurrent": self.owner.max_concurrent})
+            server = self.owner
+            span = None if server.first_start is None or server.last_end is None else server.last_end - server.first_start
+            self._send(200, {"calls": server.call_count, "max_concurrent": server.max_concurrent, "span_s": span})
         else:
             self._send(404, {"error": {"message": f"no route {self.path}"}})
 
@@ -234,15 +250,18 @@ class _Handler(BaseHTTPRequestHandler):
         with server._lock:
             server._active += 1
             server.max_concurrent = max(server.max_concurrent, server._active)
+            server.first_start = started if server.first_start is None else min(server.first_start, started)
+        self._counted = True
         try:
             self._answer(server, request, started)
         finally:
-            with server._lock:
-                server._active -= 1
+            self._done()
 
     def _answer(self, server: FakeOpenAIServer, request: Request, started: float) -> None:
         if server.latency:  # the answer leaves `latency` after the request arrived, however long parsing took
-            time.sleep(max(0.0, server.latency - (time.monotonic() - started)))
+            with server._lock:
+                latency = server.latency + (server._rng.uniform(-server.jitter, server.jitter) if server.jitter else 0.0)
+            time.sleep(max(0.0, latency - (time.monotonic() - started)))
         if server.expected_key is not None and request.authorization != f"Bearer {server.expected_key}":
             server._record(request, None, 401, started)
             self._send(401, {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
@@ -253,12 +272,14 @@ class _Handler(BaseHTTPRequestHandler):
         headers = {}
         if fault is not None and fault.retry_after is not None:
             headers["Retry-After"] = fault.retry_after
-        if kind in ("429", "500", "401", "echo_auth"):
-            status = {"429": 429, "500": 500, "401": 401, "echo_auth": 400}[kind]
+        if kind in ("429", "500", "401", "403", "404", "echo_auth"):
+            status = {"429": 429, "500": 500, "401": 401, "403": 403, "404": 404, "echo_auth": 400}[kind]
             message = {
                 429: "Rate limit reached for requests",
                 500: "The server had an error while processing your request",
                 401: "Incorrect API key provided",
+                403: "You are not allowed to sample from this model",
+                404: f"The model `{request.model}` does not exist or you do not have access to it.",
                 400: f"Invalid request; you sent the header Authorization: {request.authorization}",
             }[status]
             server._record(request, fault, status, started)
@@ -275,6 +296,13 @@ class _Handler(BaseHTTPRequestHandler):
             content = content[: len(content) // 2]
         elif kind == "out_of_range":
             answer = _out_of_range(answer)
+            content = json.dumps(answer)
+        elif kind == "bad_score":
+            if "score" in answer:  # one criterion: the answer object itself
+                answer = {**answer, "score": fault.value}
+            else:
+                answer = {k: ({**v, "score": fault.value} if fault.keys is None or k in fault.keys else v)
+                          for k, v in answer.items()}
             content = json.dumps(answer)
         elif kind == "missing_key":
             content = json.dumps({k: v for k, v in list(answer.items())[1:]}) if len(answer) > 1 else "{}"
@@ -295,7 +323,18 @@ class _Handler(BaseHTTPRequestHandler):
                       "total_tokens": 100 + 255 * len(request.images) + len(content or refusal or "") // 4},
         })
 
+    def _done(self) -> None:
+        """The request stops counting as in flight when its answer is ready, before the answer is written:
+        counting it until the handler returns would overlap it with the request the client sends as soon as
+        it has the answer (a concurrency the client never had)."""
+        if getattr(self, "_counted", False):
+            self._counted = False
+            with self.owner._lock:
+                self.owner._active -= 1
+                self.owner.last_end = time.monotonic()
+
     def _send(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._done()
         data = json.dumps(payload).encode()
         try:
             self.send_response(status)

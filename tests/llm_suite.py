@@ -55,11 +55,12 @@ def write_suite(
     for lora in loras:
         folder = root / "samples" / lora
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "sample_prompts.txt").write_text("\n".join(f"{p} --d 42" for p in PROMPTS[:prompts]) + "\n")
+        texts = PROMPTS[:prompts] + [f"<phigep> scene {i}" for i in range(len(PROMPTS), prompts)]
+        (folder / "sample_prompts.txt").write_text("\n".join(f"{p} --d 42" for p in texts) + "\n")
         for step in steps:
             for p in range(prompts):
                 shade = level(step, p) + (5 if lora != LORA else 0)
-                pixels = np.full((size, size, 3), shade, dtype=np.uint8)
+                pixels = np.full((size, size, 3), shade % 256, dtype=np.uint8)  # long sweeps wrap round
                 Image.fromarray(pixels).save(folder / f"{lora}_{step:06d}_{p:02d}_20250101120000_42.png")
         sources += f'[[sources]]\npath = "samples/{lora}"\n\n'
     ref = root / "reference"

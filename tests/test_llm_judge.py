@@ -112,12 +112,18 @@ def test_calls_run_concurrently_up_to_max_in_flight(tmp_path):
     assert elapsed < 12 * 0.15  # far from sequential (1.8 s); three checkpoints of four calls each
 
 
-def test_limits_are_this_processes_share_under_xdist(llm_server):
+def test_limits_are_the_runs_totals_shared_under_xdist(llm_server, tmp_path):
+    from lora_harness.judges.llm.runwide import SharedRateLimiter
+
     judge = LlmRubricJudge(base_url=llm_server.url, max_in_flight=16, requests_per_minute=600, tokens_per_minute=60000)
-    runner = judge.runner(JudgeContext(worker_count=4))
-    assert runner.settings.max_in_flight == 4
-    assert runner.limiter.requests.rate == pytest.approx(600 / 60 / 4)
-    assert runner.limiter.tokens.rate == pytest.approx(60000 / 60 / 4)
+    runner = judge.runner(JudgeContext(worker_count=4, cache_dir=tmp_path, run_id="r1"))
+    assert runner.settings.max_in_flight == 16 and runner.slots.count == 16  # not divided: slots are shared
+    assert runner.slots.folder == tmp_path / "llm-run" / "llm_rubric"
+    assert isinstance(runner.limiter, SharedRateLimiter)
+    assert runner.limiter.requests.rate == pytest.approx(600 / 60) and runner.limiter.tokens.rate == pytest.approx(60000 / 60)
+    assert runner.fatal.path == tmp_path / "llm-run" / "llm_rubric" / "fatal-r1.txt"
+    alone = LlmRubricJudge(base_url=llm_server.url).runner(JudgeContext(cache_dir=tmp_path))
+    assert alone.slots.folder is None and alone.fatal.path is None  # one process: nothing to share
 
 
 def test_rerun_answers_everything_from_the_cache(tmp_path, llm_server):
@@ -223,7 +229,7 @@ def test_authentication_failure_stops_the_batch_after_one_call(tmp_path, monkeyp
     errors = {r["error"] for r in keyed.values()}
     assert all(r["value"] is None for r in keyed.values())
     assert any("authentication failed" in e and "check OPENAI_API_KEY" in e for e in errors)
-    assert any("not sent: an earlier request of this batch failed" in e for e in errors)
+    assert any("not sent: an earlier request of this run failed" in e for e in errors)
     assert not any("sk-wrong-key" in e for e in errors)
 
 
@@ -287,7 +293,7 @@ def test_edge_map_goes_as_a_lossless_png_unless_jpeg_is_asked_for(llm_server, tm
     jpeg_judge = LlmRubricJudge(base_url=llm_server.url, edges_format="jpeg")
     jpeg = EncodedImage(pixels, jpeg_judge.options).edges_url()
     assert png.startswith("data:image/png;base64,") and jpeg.startswith("data:image/jpeg;base64,")
-    assert LlmRubricJudge(base_url=llm_server.url).request_fields(0) != jpeg_judge.request_fields(0)  # own cache entries
+    assert LlmRubricJudge(base_url=llm_server.url).request_fields(0, "d") != jpeg_judge.request_fields(0, "d")  # own cache entries
 
 
 # --- pairwise ----------------------------------------------------------------------------------------------
@@ -333,13 +339,17 @@ def test_comparison_verdict_uses_the_mean_and_margin_and_fails_on_judge_errors()
     cases = [(EvalCase("base", 1, Prompt(f"0{i}", f"p{i}"), Path("b.png")), EvalCase("cand", 1, Prompt(f"0{i}", f"p{i}"), Path("c.png")))
              for i in range(3)]
     comparison = Comparison("llm_pairwise", Checkpoint("base", 1), Checkpoint("cand", 1), tuple(cases), ("cand-x",), 0.1)
-    ok = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.3, 0.45, 0.5)))
-    assert ok.not_worse  # mean 0.4167 >= 0.4
+    ok = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.6, 0.61, 0.62)))
+    assert ok.decision == "pass" and ok.not_worse  # the whole interval is above 0.4
     ok.check()
-    worse = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.2, 0.4, 0.5)))
-    assert not worse.not_worse
-    with pytest.raises(AssertionError, match=r"(?s)mean preference for the candidate = 0.367 .*minimum 0.400 = 0.5 - margin 0.1: WORSE"):
+    undecided = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.3, 0.45, 0.5)))
+    assert undecided.decision == "inconclusive" and not undecided.not_worse  # mean 0.4167, 3 pairs cannot tell
+    with pytest.raises(AssertionError, match=r"(?s)INCONCLUSIVE.*0.5 - margin 0.1: INCONCLUSIVE"):
+        undecided.check()
+    worse = ComparisonResult(comparison, tuple(Score("pairwise_preference", v) for v in (0.1, 0.12, 0.11)))
+    assert worse.decision == "fail"
+    with pytest.raises(AssertionError, match=r"(?s)mean preference for the candidate = 0.110 .*minimum 0.400 = 0.5 - margin 0.1: WORSE"):
         worse.check()
     assert "no baseline image with the same prompt and seed for: cand-x" in worse.describe()
     broken = ComparisonResult(comparison, (Score("pairwise_preference", 0.9), Score("pairwise_preference", None, error="llm_pairwise: boom"), Score("pairwise_preference", 0.9)))
-    assert not broken.not_worse and "judge error: llm_pairwise: boom" in broken.describe()
+    assert broken.decision == "error" and "judge error: llm_pairwise: boom" in broken.describe()

@@ -29,7 +29,7 @@ from lora_harness.judges.llm.encoding import (
     png_bilevel_data_url,
 )
 from lora_harness.judges.llm.options import RubricOptions, parse_options
-from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds, split
+from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, retry_after_seconds
 from lora_harness.judges.llm.rubrics import CRITERIA, RUBRIC_DIGEST, images_needed, rubric_messages, select_criteria
 from lora_harness.judges.llm.schemas import answer_schema, pair_schema, parse_criteria, parse_pair
 
@@ -306,10 +306,6 @@ def test_pause_holds_every_request():
     assert limiter.acquire(1) == 0.0
 
 
-def test_limits_are_split_across_workers():
-    assert split(600, 4) == 150 and split(None, 4) is None and split(600, 0) == 600
-
-
 def test_retry_after_header_forms():
     assert retry_after_seconds({"Retry-After": "3"}) == 3.0
     assert retry_after_seconds({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
@@ -382,7 +378,7 @@ def test_seed_false_in_toml_sends_no_seed():
     from lora_harness.judges.llm import LlmRubricJudge
 
     judge = LlmRubricJudge(base_url="http://127.0.0.1:9/v1", seed=False)
-    assert judge.seed(0) is None and judge.request_fields(1)["seed"] is None
+    assert judge.seed(0) is None and judge.request_fields(1, "d")["seed"] is None
 
 
 def test_endpoint_key_from_environment_before_dotenv_and_never_in_repr(tmp_path, monkeypatch):

@@ -53,7 +53,7 @@ def test_junit_properties_are_the_case_and_its_scores(pytester: pytest.Pytester)
     assert "lora_harness_progress" not in props
     checkpoint = next(c for name, c in cases.items() if "test_checkpoint[personal-lora-demo-r32-step000400]" in name)
     assert {p.get("name"): p.get("value") for p in checkpoint.iter("property")} == {
-        "lora": "personal-lora-demo-r32", "step": "000400",
+        "lora": "personal-lora-demo-r32", "step": "000400", "verdict": "fail",
     }
 
 

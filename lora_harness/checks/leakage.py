@@ -62,4 +62,8 @@ def evaluate_leakage(harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
             )
         else:
             result.lines.append(f"{where}: {config.metric} = {value:.4f} < {config.max_identity}")
+    if config.drift:  # the picture, not only the person: lora_harness.checks.drift
+        from lora_harness.checks.drift import evaluate_drift
+
+        evaluate_drift(harness, checkpoint, cases_for(harness, checkpoint, LEAKAGE), result)
     return result

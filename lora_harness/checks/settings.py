@@ -26,8 +26,23 @@ class LeakageConfig(_Model):
     max_identity: float  # ceiling: every leakage image must score below it
     seeds: list[int] | None = None  # default: the first seed of the checkpoint's cases
     checkpoints: Literal["all", "latest"] = "all"  # "all": leakage is tracked over training steps
+    # Base-model drift (lora_harness.checks.drift): each leakage image vs the base model's image of the same
+    # prompt and seed; `max_drift` is a ceiling on drift_pixel (one number) or per metric (drift_pixel,
+    # drift_clip_i, drift_dino). Costs one base image per prompt and seed.
+    drift: bool = False
+    max_drift: float | dict[str, float] | None = None
 
     _prompts = field_validator("prompts")(_no_empty_prompts)
+
+    @model_validator(mode="after")
+    def _drift(self) -> "LeakageConfig":
+        if self.max_drift is not None and not self.drift:
+            raise ValueError("max_drift is set but drift = false: add drift = true to measure it")
+        if isinstance(self.max_drift, dict):
+            unknown = sorted(set(self.max_drift) - {"drift_pixel", "drift_clip_i", "drift_dino"})
+            if unknown:
+                raise ValueError(f"max_drift names unknown metric(s) {', '.join(unknown)}; use drift_pixel, drift_clip_i, drift_dino")
+        return self
 
 
 # The LoRA must move the metric by at least this much between `low` and `high` (in the metric's units; for
@@ -78,4 +93,29 @@ class MemorizationConfig(_Model):
     def _some(cls, value: list[str]) -> list[str]:
         if not value or len(set(value)) != len(value):
             raise ValueError("judges must be a non-empty list of distinct judge names, e.g. [\"pixel_similarity\", \"face_identity\"]")
+        return value
+
+
+# Whole-image diversity (1 - Pearson of 64 px grey thumbnails) below this: the images are near-copies of each
+# other. Measured: the demo checkpoints' 3 prompts 0.84-0.92, re-framed crops of one photo >= 0.3, one
+# 256 px picture four times with 4 px shifts and +-6 noise 0.04 (tests/test_diversity.py).
+DEFAULT_MIN_IMAGE_DIVERSITY = 0.1
+
+
+class DiversityConfig(_Model):
+    """Per checkpoint: the images must differ from each other (a collapsed LoRA draws one picture)."""
+
+    # metric -> minimum, among diversity_image, vendi_image, diversity_identity, vendi_identity
+    min: dict[str, float] = {"diversity_image": DEFAULT_MIN_IMAGE_DIVERSITY}
+    identity: bool = True  # also the face descriptors' spread (needs the face extra; missing models: recorded as such)
+    checkpoints: Literal["all", "latest"] = "all"  # "all": diversity is tracked over training steps
+
+    @field_validator("min")
+    @classmethod
+    def _known(cls, value: dict[str, float]) -> dict[str, float]:
+        from lora_harness.diversity import DIVERSITY_METRICS
+
+        unknown = sorted(set(value) - set(DIVERSITY_METRICS))
+        if unknown:
+            raise ValueError(f"unknown diversity metric(s) {', '.join(unknown)}; use {', '.join(DIVERSITY_METRICS)}")
         return value

@@ -8,13 +8,14 @@ from lora_harness.cases import Checkpoint
 from lora_harness.checks.cases import LEAKAGE, STRENGTH
 from lora_harness.verdicts.gated_check import GatedCheck
 from lora_harness.checks.leakage import check_targets, evaluate_leakage
+from lora_harness.checks.diversity import DiversityCheck, diversity_targets
 from lora_harness.checks.memorization import MemorizationCheck
 from lora_harness.checks.strength import evaluate_strength
 
 if TYPE_CHECKING:
     from lora_harness.harness import Harness
 
-FIXTURES = ("lora_leakage_check", "lora_strength_check", "lora_memorization_check")
+FIXTURES = ("lora_leakage_check", "lora_strength_check", "lora_memorization_check", "lora_diversity_check")
 
 SKIP_REASONS = {
     "lora_leakage_check": "no leakage check configured: add a [leakage] section (prompts without the trigger, "
@@ -23,6 +24,8 @@ SKIP_REASONS = {
     "source (kind = \"generate\") to the eval config",
     "lora_memorization_check": "no memorization check configured: add [memorization] training_dir = \"...\" to the "
     "eval config",
+    "lora_diversity_check": "no diversity check configured: add a [diversity] section (e.g. min = "
+    "{ diversity_image = 0.1 }) to the eval config",
 }
 
 
@@ -31,16 +34,21 @@ def targets(harness: "Harness", fixture: str) -> list[Checkpoint]:
         return check_targets(harness, LEAKAGE)
     if fixture == "lora_strength_check":
         return check_targets(harness, STRENGTH)
+    if fixture == "lora_diversity_check":
+        return diversity_targets(harness)
     if harness.config.memorization is None:
         return []
     return [c for c in harness.checkpoints if any(not case.is_baseline for case in harness.cases_of(c))]
 
 
-def run_check(harness: "Harness", fixture: str, checkpoint: Checkpoint, memorization: MemorizationCheck | None = None) -> GatedCheck:
+def run_check(harness: "Harness", fixture: str, checkpoint: Checkpoint, memorization: MemorizationCheck | None = None,
+              diversity: DiversityCheck | None = None) -> GatedCheck:
     if fixture == "lora_leakage_check":
         result = evaluate_leakage(harness, checkpoint)
     elif fixture == "lora_strength_check":
         result = evaluate_strength(harness, checkpoint)
+    elif fixture == "lora_diversity_check":
+        result = (diversity or DiversityCheck(harness)).evaluate(harness, checkpoint)
     else:
         result = (memorization or MemorizationCheck(harness.config)).evaluate(harness, checkpoint)
     return GatedCheck(result, gated=harness.is_gated(checkpoint), policy=harness.policy)

@@ -38,7 +38,8 @@ class JudgeContext:
     trigger: str | None = None  # the LoRA's trigger token, e.g. "<phigep>"
     description: str | None = None  # plain words for the person, for models that do not know the token
     cache_dir: Path | None = None  # a folder the judge may use for a content-addressed cache
-    worker_count: int = 1  # processes judging at once (xdist workers): split rate limits by this
+    worker_count: int = 1  # processes judging at once (xdist workers): > 1 means limits are shared run-wide
+    run_id: str | None = None  # the pytest run (shared by its xdist workers): scopes run-wide judge state
 
 
 @runtime_checkable

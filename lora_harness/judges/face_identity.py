@@ -21,6 +21,13 @@ Metrics:
   length and their cosines crowd near 1: different LFW people score 0.77-0.91 against the astronaut, so a
   cosine threshold cannot separate them, while the distance rule does.
 
+Head pose: every face's yaw, pitch and roll (degrees) from its 5 landmarks (`judges/pose.py`: cv2.solvePnP
+against a generic 3D face) is kept in ``raw`` (``yaw``/``pitch``/``roll`` of the chosen face, and per face in
+``raw["faces"]``), so the report can plot identity against |yaw|. ``pose_bands = true`` adds the metrics
+``face_yaw_abs`` and ``face_match_<band>`` / ``face_distance_<band>`` for the bands ``frontal`` (|yaw| below
+``frontal_max_yaw``, 20) and ``profile`` (|yaw| from ``profile_min_yaw``, 30): None outside the band, so
+``[thresholds.face_match_profile]`` gates the likeness in profile only on the images that show one.
+
 No face in the sample: ``face_detected = 0`` and the other metrics are recorded as missing (value None,
 ``raw["missing"]`` says why), never as similarity 0. Reference photos without a face are left out (listed in
 ``raw``); if none has a face, every case gets an error naming the photos. A reference photo contributes its
@@ -57,9 +64,15 @@ from lora_harness.judges.face_dlib import (
     DlibSettings,
 )
 from lora_harness.judges.faces import FACE_POLICIES, Comparison, DetectedFace, FaceBackend, choose_face, compare, primary_index
+from lora_harness.judges.pose import HeadPose, head_pose
 from lora_harness.models import ModelUnavailable, cached, require
 
+POSE_METHOD = "cv2.solvePnP (SQPnP) of a generic 3D face on the 5 landmarks; degrees, yaw > 0: turned to the image's right"
+
 METRICS = ("face_detected", "face_identity_mean", "face_identity_max", "face_distance", "face_match")
+# With `pose_bands = true`: |yaw| of the chosen face, and identity within a pose band (None outside it, so a
+# per-image minimum gates only the images of that band and the checkpoint mean is over them).
+POSE_METRICS = ("face_yaw_abs", "face_match_frontal", "face_distance_frontal", "face_match_profile", "face_distance_profile")
 BACKENDS = ("dlib", "arcface")
 DEFAULT_MATCH_DISTANCE = {"dlib": DLIB_SAME_PERSON_DISTANCE, "arcface": ARCFACE_MATCH_DISTANCE}
 # dlib: the detector's trained operating point (adjust_threshold 0); SCRFD: insightface's det_thresh 0.5.
@@ -108,7 +121,7 @@ class FaceIdentityJudge:
     """
 
     name = "face_identity"
-    version = "2"  # 2: face policy and confidence floor, detection scale by min_face_px, face_distance/face_match
+    version = "3"  # 2: face policy, confidence floor, face_distance/face_match; 3: head pose in raw, pose bands
 
     def __init__(
         self,
@@ -125,6 +138,9 @@ class FaceIdentityJudge:
         num_jitters: int = 0,
         det_size: int = 640,
         device: str = "cpu",
+        pose_bands: bool = False,
+        frontal_max_yaw: float = 20.0,
+        profile_min_yaw: float = 30.0,
         min_side: int = 32,
         max_side: int = 2048,
         **unknown: Any,
@@ -153,6 +169,14 @@ class FaceIdentityJudge:
             raise ValueError(f"{self.name} option 'det_size' = {det_size} is invalid: expected a multiple of 32 "
                              f"(the detector's largest stride), e.g. 640")
         self.device = check_choice(self.name, "device", device, DEVICES)
+        if not isinstance(pose_bands, bool):
+            raise ValueError(f"{self.name} option 'pose_bands' = {pose_bands!r} is invalid: expected true or false")
+        self.pose_bands = pose_bands
+        self.frontal_max_yaw = check_float(self.name, "frontal_max_yaw", frontal_max_yaw, 0.0, 90.0)
+        self.profile_min_yaw = check_float(self.name, "profile_min_yaw", profile_min_yaw, 0.0, 90.0)
+        if self.profile_min_yaw < self.frontal_max_yaw:
+            raise ValueError(f"{self.name}: profile_min_yaw ({profile_min_yaw}) must be at least frontal_max_yaw "
+                             f"({frontal_max_yaw}); the bands cannot overlap")
         self._reject_other_backends_options(locals())
         self.min_side = check_int(self.name, "min_side", min_side, 1)
         self.max_side = check_int(self.name, "max_side", max_side, 64)
@@ -174,7 +198,7 @@ class FaceIdentityJudge:
 
     @property
     def metrics(self) -> list[str]:
-        return list(METRICS)
+        return list(METRICS) + (list(POSE_METRICS) if self.pose_bands else [])
 
     def judge(self, case: EvalCase, image: np.ndarray, context: JudgeContext) -> list[Score]:
         return self.judge_batch([(case, image)], context)[0]
@@ -194,14 +218,24 @@ class FaceIdentityJudge:
                 results.append(self._errors(f"{type(exc).__name__}: {exc}"))
         return results
 
+    def backend_models(self) -> FaceBackend:
+        """The loaded face backend (raises `ModelUnavailable`): for per-face tools such as the reference audit."""
+        return self._faces.get()
+
     def detect(self, backend: FaceBackend, image: Any) -> tuple[list[DetectedFace], tuple[str, ...]]:
         """Every face above the confidence floor in `image` (any accepted array), and the input notes.
 
         The one place faces are found: the identity metrics and later per-face judges (pose, reference
         audit) read the same `DetectedFace` records (box, confidence, landmarks, descriptor).
         """
+        faces, notes, _ = self.detect_sized(backend, image)
+        return faces, notes
+
+    def detect_sized(self, backend: FaceBackend, image: Any) -> tuple[list[DetectedFace], tuple[str, ...], tuple[int, int]]:
+        """`detect`, plus the (width, height) of the image the landmarks are in (the pose's camera)."""
         prepared = prepare_image(image, min_side=self.min_side, max_side=self.max_side)
-        return backend.faces(prepared.array), prepared.notes
+        height, width = prepared.array.shape[:2]
+        return backend.faces(prepared.array), prepared.notes, (width, height)
 
     def _judge_one(
         self,
@@ -211,7 +245,7 @@ class FaceIdentityJudge:
         ref_names: tuple[str, ...],
         ref_skipped: dict[str, str],
     ) -> list[Score]:
-        faces, notes = self.detect(backend, image)
+        faces, notes, (width, height) = self.detect_sized(backend, image)
         raw: dict[str, Any] = {
             "backend": self.backend,
             "face_policy": self.face_policy,
@@ -224,31 +258,58 @@ class FaceIdentityJudge:
             raw["references_without_face"] = dict(ref_skipped)
         if not faces:
             missing = {**raw, "missing": "no face detected"}
-            return [Score("face_detected", 0.0, raw)] + [Score(m, None, missing) for m in METRICS[1:]]
+            return [Score("face_detected", 0.0, raw)] + [Score(m, None, missing) for m in self.metrics[1:]]
         comparisons = [compare(face, ref_descriptors) for face in faces]
         chosen = choose_face(faces, comparisons, self.face_policy)
         face, comparison = faces[chosen], comparisons[chosen]
         distance = comparison.mean_distance
+        poses = [head_pose(f.landmarks, self.backend, width, height) for f in faces]
+        pose = poses[chosen]
+        raw.update(
+            pose.as_raw() if pose is not None else {"pose": f"no estimate: landmarks unusable or OpenCV missing ({FACE_EXTRA})"},
+            pose_method=POSE_METHOD,
+        )
         raw.update(
             face.describe(),
             detector_score=face.confidence,
             face_index=chosen,
-            faces=[_face_entry(f, c) for f, c in zip(faces, comparisons)],
+            faces=[{**_face_entry(f, c), **(p.as_raw() if p is not None else {})} for f, c, p in zip(faces, comparisons, poses)],
             per_reference=dict(zip(ref_names, map(float, comparison.cosines))),
             distances=dict(zip(ref_names, map(float, comparison.distances))),
             match_distance=self.match_distance,
             same_person_votes=int((comparison.distances < self.match_distance).sum()),
         )
+        # the chosen face's descriptor, once per image (on this row only): the report's identity map
+        detected_raw = {**raw, "descriptor": [round(float(v), 5) for v in face.descriptor]}
         return [
-            Score("face_detected", 1.0, raw),
+            Score("face_detected", 1.0, detected_raw),
             Score("face_identity_mean", float(comparison.cosines.mean()), raw),
             Score("face_identity_max", float(comparison.cosines.max()), raw),
             Score("face_distance", distance, raw),
             Score("face_match", 1.0 if distance < self.match_distance else 0.0, raw),
-        ]
+        ] + (self._pose_scores(pose, distance, raw) if self.pose_bands else [])
+
+    def _pose_scores(self, pose: HeadPose | None, distance: float, raw: dict[str, Any]) -> list[Score]:
+        """|yaw| and identity per pose band: the band the face is in gets values, the other None (not 0)."""
+        if pose is None:
+            missing = {**raw, "missing": "no pose estimate for this face"}
+            return [Score(m, None, missing) for m in POSE_METRICS]
+        yaw = abs(pose.yaw)
+        band = "frontal" if yaw < self.frontal_max_yaw else "profile" if yaw >= self.profile_min_yaw else None
+        banded = {**raw, "pose_band": band or "between bands", "frontal_max_yaw": self.frontal_max_yaw,
+                  "profile_min_yaw": self.profile_min_yaw}
+        scores = [Score("face_yaw_abs", yaw, banded)]
+        for name in ("frontal", "profile"):
+            inside = band == name
+            out = banded if inside else {**banded, "missing": f"|yaw| {yaw:.1f} is outside the {name} band"}
+            scores += [
+                Score(f"face_match_{name}", (1.0 if distance < self.match_distance else 0.0) if inside else None, out),
+                Score(f"face_distance_{name}", distance if inside else None, out),
+            ]
+        return scores
 
     def _errors(self, message: str) -> list[Score]:
-        return [Score(metric, None, error=f"{self.name}: {message}") for metric in METRICS]
+        return [Score(metric, None, error=f"{self.name}: {message}") for metric in self.metrics]
 
     def references(
         self, backend: FaceBackend, context: JudgeContext

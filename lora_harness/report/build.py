@@ -77,6 +77,7 @@ def report_run(
         options=options,
         timings=timings,
         thumbnails=thumbnails,
+        run_dir=run_dir,
     )
     return ReportFiles(len(rows), html, wide, long)
 

@@ -21,6 +21,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from lora_harness.config import ReportConfig
 from lora_harness.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.report.manifest import RunManifest, library_versions
+from lora_harness.report.identity import identity_html
 from lora_harness.report.plots import ALL_PROMPTS, criterion_plots, trend_plots
 from lora_harness.report.scale_plots import scale_plots
 from lora_harness.report.training_images import training_matches
@@ -39,10 +40,12 @@ class ReportOptions:
     images: Literal["embed", "link"] = "embed"
     thumbnail_px: int = 256
     pixel_limit: int = DEFAULT_PIXEL_LIMIT
+    identity_map: Literal["pca", "tsne", "umap"] = "pca"
 
     @classmethod
     def of(cls, config: ReportConfig, pixel_limit: int = DEFAULT_PIXEL_LIMIT) -> "ReportOptions":
-        return cls(images=config.images, thumbnail_px=config.thumbnail_px, pixel_limit=pixel_limit)
+        return cls(images=config.images, thumbnail_px=config.thumbnail_px, pixel_limit=pixel_limit,
+                   identity_map=config.identity_map)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ def build_html_report(
     options: ReportOptions | None = None,
     timings: BuildTimings | None = None,
     thumbnails: "Future[dict[str, Thumbnail]] | None" = None,
+    run_dir: Path | None = None,
 ) -> Path:
     """Write `out_dir/report.html` (and thumbnails under `out_dir/thumbs/`); returns the report's path.
 
@@ -151,6 +155,7 @@ def build_html_report(
         libraries_from_run=bool(manifest and manifest.libraries),
         verdict=_verdict(view),
         options=options,
+        identity=identity_html(rows, run_dir, projection=options.identity_map),  # reference audit, identity vs yaw, identity map (report/identity.py)
     )
     path = out_dir / REPORT_NAME
     tmp = path.with_suffix(".html.tmp")

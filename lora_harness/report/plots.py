@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -141,15 +141,7 @@ def trend_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[TrendP
             legend_x=LEFT + len(loras) * (PANEL_W + GAP) + 10, legend_y=TOP + 10, label=label,
         ).strip()
 
-    # all prompts together: one point per step (the mean over prompts and seeds), so 1,000 images stay legible
-    means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False).agg(
-        value=("value", "mean"), count=("value", "size")
-    )
-    means["case"] = means["loraname"] + " step " + means["step"].astype(str)
-    plots = [TrendPlot(ALL_PROMPTS, figure(means, "all prompts: mean per step"))]
-    for prompt_id, subset in frame.groupby("prompt_id", sort=True):
-        plots.append(TrendPlot(str(prompt_id), figure(subset, f"prompt {prompt_id}")))
-    return plots
+    return [TrendPlot(prompt, svg) for prompt, svg in _per_prompt(frame, figure, "all prompts: mean per step", "prompt {}")]
 
 
 def _y_range(values: pd.Series) -> tuple[float, float]:
@@ -260,14 +252,21 @@ def criterion_plots(rows: Sequence[ScoreRow], metrics: Sequence[str]) -> list[Cr
             legend_x=LEFT + columns * (PANEL_W + GAP + 30) + 10, legend_y=TOP + 10, label=label,
         ).strip()
 
+    titles = ("each criterion over training steps, all prompts", "each criterion over training steps, prompt {}")
+    return [CriterionPlot(prompt, svg) for prompt, svg in _per_prompt(frame, figure, *titles)]
+
+
+def _per_prompt(frame: pd.DataFrame, figure: Any, all_title: str, prompt_title: str) -> list[tuple[str, str]]:
+    """One figure over all prompts (one point per step: the mean over prompts and seeds, so 1,000 images stay
+    legible), then one per prompt."""
     means = frame.groupby(["loraname", "step", "kind", "metric"], as_index=False).agg(
         value=("value", "mean"), count=("value", "size")
     )
     means["case"] = means["loraname"] + " step " + means["step"].astype(str)
-    plots = [CriterionPlot(ALL_PROMPTS, figure(means, "each criterion over training steps, all prompts"))]
+    figures = [(ALL_PROMPTS, figure(means, all_title))]
     for prompt_id, subset in frame.groupby("prompt_id", sort=True):
-        plots.append(CriterionPlot(str(prompt_id), figure(subset, f"each criterion over training steps, prompt {prompt_id}")))
-    return plots
+        figures.append((str(prompt_id), figure(subset, prompt_title.format(prompt_id))))
+    return figures
 
 
 def _criterion_panels(

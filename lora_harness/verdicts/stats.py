@@ -227,8 +227,8 @@ def _paired_binary_ci(cand: np.ndarray, base: np.ndarray, confidence: float) -> 
     mean = float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else 0.0
     alpha = (1 - confidence) / 2
-    low = _bisect(lambda delta: _paired_p_upper(n, b, c, delta) <= alpha, -1.0, mean, reject_below=True)
-    high = _bisect(lambda delta: _paired_p_lower(n, b, c, delta) <= alpha, mean, 1.0, reject_below=False)
+    low = _boundary(lambda delta: _paired_p_upper(n, b, c, delta) <= alpha, mean, -1.0)
+    high = _boundary(lambda delta: _paired_p_lower(n, b, c, delta) <= alpha, mean, 1.0)
     return MeanCI(mean, std, n, low, high, confidence, METHOD_PAIRED_EXACT)
 
 
@@ -276,18 +276,12 @@ def _paired_p_lower(n: int, b: int, c: int, delta: float) -> float:
     return _tail_max(n, b, c, delta, upper=False)
 
 
-def _bisect(rejects: Any, lo: float, hi: float, *, reject_below: bool, steps: int = 16) -> float:
-    """The boundary between rejected and kept deltas in [lo, hi] (rejected side: below or above)."""
-    if reject_below:
-        if not rejects(lo):
-            return lo
-        for _ in range(steps):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if rejects(mid) else (lo, mid)
-        return lo
-    if not rejects(hi):
-        return hi
+def _boundary(rejects: Any, inside: float, outside: float, *, steps: int = 16) -> float:
+    """The edge between the deltas the test keeps (towards `inside`, the estimate) and rejects (towards
+    `outside`, -1 or 1), bisected; the rejected side is returned, so the interval errs wide, never narrow."""
+    if not rejects(outside):
+        return outside
     for _ in range(steps):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if rejects(mid) else (mid, hi)
-    return hi
+        mid = (inside + outside) / 2
+        inside, outside = (inside, mid) if rejects(mid) else (mid, outside)
+    return outside

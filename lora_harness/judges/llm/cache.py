@@ -1,6 +1,7 @@
 """A content-addressed answer cache on disk: a rerun asks the API nothing it has already been asked.
 
-The key hashes everything that determines an answer (model, endpoint host, rubric version and text digest,
+The key hashes everything that determines an answer (model, endpoint host, rubric version, a digest of the
+wording of only the criteria asked together (`rubrics.group_digest`),
 the criteria asked together, image and reference pixel hashes, the prompt, the repeat index and sampling
 settings); never the API key. Each entry is one JSON file written to a temporary name, fsynced and then
 `os.replace`d into place, so a process killed mid-write leaves either the whole entry or none: readers

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lora_harness.judges.base import JudgeContext
+from lora_harness.judges.base import JudgeContext, Score
 from lora_harness.judges.llm.cache import AnswerCache
 from lora_harness.judges.llm.calls import CallRunner, CallSettings
 from lora_harness.judges.llm.client import Endpoint, make_client, resolve_endpoint
@@ -27,8 +28,9 @@ from lora_harness.judges.llm.encoding import (
     png_bilevel_data_url,
 )
 from lora_harness.judges.llm.options import LlmOptions
-from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy, split
-from lora_harness.judges.llm.rubrics import RUBRIC_DIGEST, RUBRIC_VERSION
+from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy
+from lora_harness.judges.llm.runwide import Claims, FatalFlag, RequestSlots, SharedRateLimiter, run_folder
+from lora_harness.judges.llm.rubrics import RUBRIC_VERSION
 from lora_harness.models import ModelUnavailable
 
 CACHE_SUBDIR = "llm"
@@ -99,13 +101,19 @@ class LlmJudgeBase:
             raise ModelUnavailable(f"{self.name}: {reason}")
 
     def runner(self, context: JudgeContext) -> CallRunner:
-        """One runner per (cache folder, worker count): limits are this process's share of the account's."""
-        key = (context.cache_dir, context.worker_count)
+        """One runner per (cache folder, worker count, run). Under xdist (`worker_count > 1`) its request slots,
+        rate limits and fatal-error stop are the run's, shared through files in the run folder (`runwide`), so
+        `max_in_flight`, `requests_per_minute` and `tokens_per_minute` are exact totals for the run."""
+        key = (context.cache_dir, context.worker_count, context.run_id)
         with self._lock:
             if self._runner is None or self._runner_key != key:
                 o = self.options
-                workers = max(1, context.worker_count)
-                limiter = RateLimiter(split(o.requests_per_minute, workers), split(o.tokens_per_minute, workers))
+                folder = run_folder(context.cache_dir, self.name) if context.worker_count > 1 else None
+                if folder is not None:
+                    limiter: RateLimiter = SharedRateLimiter(folder, o.requests_per_minute, o.tokens_per_minute)
+                else:
+                    limiter = RateLimiter(o.requests_per_minute, o.tokens_per_minute)
+                flag = folder / f"fatal-{context.run_id}.txt" if folder is not None and context.run_id else None
                 cache = None
                 if o.cache and context.cache_dir is not None:
                     cache = AnswerCache(Path(context.cache_dir) / CACHE_SUBDIR)
@@ -113,7 +121,7 @@ class LlmJudgeBase:
                     temperature=o.temperature,
                     max_tokens=o.max_tokens,
                     max_tokens_param=o.max_tokens_param,
-                    max_in_flight=max(1, o.max_in_flight // workers),
+                    max_in_flight=o.max_in_flight,  # threads per process; the slots bound the run's total
                     answer_retries=o.answer_retries,
                     retry=RetryPolicy(o.max_retries, o.backoff_initial, o.backoff_max, o.max_retry_after),
                     prices=Prices(o.price_input_per_mtok, o.price_output_per_mtok),
@@ -126,11 +134,32 @@ class LlmJudgeBase:
                     limiter=limiter,
                     cache=cache,
                     judge_name=self.name,
+                    slots=RequestSlots(o.max_in_flight, folder),
+                    fatal=FatalFlag(flag),
+                    claims=Claims(folder / f"claims-{context.run_id}") if cache is not None and flag is not None else None,
+                    run_id=context.run_id,
                 )
-                if previous is not None and previous._client is not None:
-                    self._runner._client = previous._client  # keep the connection pool
+                if previous is not None:
+                    if previous._client is not None:
+                        self._runner._client = previous._client  # keep the connection pool
+                    previous.close()
                 self._runner_key = key
             return self._runner
+
+    @property
+    def prefetch_target(self) -> int:
+        """How many of its own requests a process keeps queued when judging ahead: enough to fill every
+        slot of the run again as answers come in, not so many that a test waits behind a long queue."""
+        return 2 * self.options.max_in_flight if self.options.judge_ahead else 0
+
+    def backlog(self, context: JudgeContext) -> int:
+        return self.runner(context).backlog
+
+    def collect(self, futures: Sequence["Future[list[Score]]"], context: JudgeContext) -> list[list[Score]]:
+        """Wait for `submit_batch` futures, in order; then warn about answers the cache could not keep."""
+        results = [future.result() for future in futures]
+        self.runner(context).report_failed_writes()
+        return results
 
     def references(self, context: JudgeContext) -> list[tuple[str, EncodedImage]]:
         """The first `max_references` reference photos with their pixel hashes, encoded once per process."""
@@ -143,15 +172,16 @@ class LlmJudgeBase:
             out.append((digest, encoded))
         return out
 
-    def request_fields(self, repeat: int) -> dict[str, Any]:
-        """Cache-key fields common to every call of this judge (never the API key)."""
+    def request_fields(self, repeat: int, rubric_digest: str) -> dict[str, Any]:
+        """Cache-key fields common to every call of this judge (never the API key). `rubric_digest` covers
+        only the wording this call sends (`rubrics.group_digest` / `pairwise_digest`)."""
         o = self.options
         return {
             "judge": self.name,
             "model": o.model,
             "host": self._host,
             "rubric_version": RUBRIC_VERSION,
-            "rubric_digest": RUBRIC_DIGEST,
+            "rubric_digest": rubric_digest,
             "repeat": repeat,
             "seed": None if o.seed is None else o.seed + repeat,
             "temperature": o.temperature,

@@ -98,5 +98,20 @@ def totals_by_judge(rows: Iterable[Any]) -> dict[str, CostTotals]:
 
 
 def summary_lines(rows: Iterable[Any]) -> list[str]:
-    """One line per LLM judge for the terminal summary; empty when no row carries call records."""
-    return [totals.describe(judge) for judge, totals in sorted(totals_by_judge(rows).items())]
+    """One line per LLM judge for the terminal summary; empty when no row carries call records. A judge the
+    run stopped (401/403/404: a wrong key, no access, a model that does not exist) gets one more line
+    saying why, once, instead of the same error on every score."""
+    rows = list(rows)
+    lines = [totals.describe(judge) for judge, totals in sorted(totals_by_judge(rows).items())]
+    stopped: dict[str, tuple[str, int]] = {}
+    for row in rows:
+        reason = row.raw.get("stopped") if isinstance(row.raw, Mapping) else None
+        if isinstance(reason, str) and reason:
+            first, count = stopped.get(row.judge, (reason, 0))
+            stopped[row.judge] = (first, count + 1)
+    for judge, (reason, count) in sorted(stopped.items()):
+        lines.append(
+            f"{judge}: STOPPED, no further requests sent after: {reason} ({count} score(s) without an answer; "
+            "fix it and rerun: answers already given come from the cache)"
+        )
+    return lines

@@ -43,6 +43,7 @@ class LlmOptions(BaseModel):
     backoff_max: float = Field(30.0, ge=0.0)
     max_retry_after: float = Field(120.0, ge=0.0)
     answer_retries: int = Field(2, ge=0, le=20)
+    judge_ahead: bool = True  # submit the next checkpoints' requests while a test waits for its own
     # money and reuse
     price_input_per_mtok: float | None = Field(None, ge=0.0)  # USD per million input tokens
     price_output_per_mtok: float | None = Field(None, ge=0.0)

@@ -25,7 +25,7 @@ from lora_harness.judges.llm.client import Endpoint
 from lora_harness.judges.llm.common import EncodedImage, LlmJudgeBase, check_rgb, mean_std, text_tokens
 from lora_harness.judges.llm.encoding import pixel_hash
 from lora_harness.judges.llm.options import PairwiseOptions, parse_options
-from lora_harness.judges.llm.rubrics import PAIRWISE_RUBRIC, RUBRIC_VERSION, pairwise_messages
+from lora_harness.judges.llm.rubrics import PAIRWISE_RUBRIC, RUBRIC_VERSION, pairwise_digest, pairwise_messages
 from lora_harness.judges.llm.schemas import pair_schema, parse_pair
 
 METRIC = "pairwise_preference"
@@ -69,28 +69,49 @@ class ComparisonResult:
     def threshold(self) -> float:
         return 0.5 - self.comparison.margin
 
+    policy: Any = None  # verdicts.outcome.Policy of the run (what an undecided comparison does)
+
+    @property
+    def decision(self) -> str:
+        """Three ways, like every gate: the preference's interval clears 0.5 - margin (pass), lies wholly
+        below it (fail), or straddles it (inconclusive); a judge error is an error, no answer incomplete."""
+        if self.errors:
+            return "error"
+        if not self.values:
+            return "incomplete"
+        ci = self._ci()
+        if ci.low >= self.threshold:
+            return "pass"
+        return "fail" if ci.high < self.threshold else "inconclusive"
+
     @property
     def not_worse(self) -> bool:
-        values = self.values
-        return not self.errors and bool(values) and float(np.mean(values)) >= self.threshold
+        return self.decision == "pass"
+
+    def _ci(self) -> Any:
+        from lora_harness.verdicts.stats import mean_ci  # scipy: only when a comparison is decided
+
+        return mean_ci(self.values)
 
     def check(self) -> None:
-        """Assert "candidate not worse than baseline"; the message lists every pair and the interval."""
+        """The test outcome of "candidate not worse than baseline"; the message lists every pair and the interval."""
         __tracebackhide__ = True
-        if not self.not_worse:
-            raise AssertionError(self.describe())
+        from lora_harness.verdicts.gate_check import enforce
+        from lora_harness.verdicts.outcome import Policy, decide
+
+        verdict = decide([(self.decision, self.describe())], gated=True)  # type: ignore[list-item]
+        enforce(verdict, f"pairwise comparison of {self.comparison.candidate.key}", self.policy or Policy())
 
     def describe(self) -> str:
         c = self.comparison
         head = f"{c.candidate.key} vs baseline {c.baseline.key} ({len(c.pairs)} pairs, same prompt and seed)"
         lines = [head]
         if self.values:
-            from lora_harness.verdicts.stats import mean_ci  # scipy: only when a comparison is reported
-
-            ci = mean_ci(self.values)
-            verdict = "not worse" if self.not_worse else "WORSE"
+            ci = self._ci()
+            verdict = {"pass": "not worse", "fail": "WORSE", "inconclusive": "INCONCLUSIVE (the interval straddles the minimum)"}.get(
+                self.decision, self.decision.upper())
             lines.append(
-                f"mean preference for the candidate = {ci.mean:.3f} (95% CI {ci.low:.3f}..{ci.high:.3f}, "
+                f"mean preference for the candidate = {ci.mean:.3f} ({ci.confidence:.0%} CI {ci.low:.3f}..{ci.high:.3f}, "
                 f"n={ci.n}); minimum {self.threshold:.3f} = 0.5 - margin {c.margin:g}: {verdict}"
             )
         for (base, cand), score in zip(c.pairs, self.scores):
@@ -204,7 +225,7 @@ class LlmPairwiseJudge(LlmJudgeBase):
         context: JudgeContext,
     ) -> CallPlan:
         fields = {
-            **self.request_fields(repeat),
+            **self.request_fields(repeat, pairwise_digest()),
             "pair": [first[0], second[0]],
             "reference": reference[0] if reference else None,
             "prompt": case.prompt.text,
@@ -267,6 +288,9 @@ class LlmPairwiseJudge(LlmJudgeBase):
             "cached": all(outcomes[p].cached for _, _, p in slots),
             "calls": calls,
         }
+        stopped = next((outcomes[p].fatal for _, _, p in slots if outcomes[p].fatal), None)
+        if stopped:
+            raw["stopped"] = stopped  # the run-wide stop (401/403/404): one summary line names it
         if answers:
             raw["mean"], raw["std"] = mean_std([a["candidate_preference"] for a in answers])
             firsts = [a["preference"] for a in answers if a["order"] == "baseline_first"]

@@ -6,7 +6,8 @@ backoff to be configurable. So the client runs with `max_retries=0` and `call_wi
 429, 408/409, 5xx, timeouts and connection errors, with exponential backoff and jitter, honouring
 `Retry-After`/`retry-after-ms` when the server sends one (and pausing the whole limiter for that long).
 
-Limits are per account, but `pytest -n 4` runs four processes: each gets its share (`split`).
+Limits are per account, but `pytest -n 4` runs four processes: `runwide.SharedRateLimiter` keeps this
+limiter's state in a file of the run so the workers draw from one bucket (not a quarter each).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import email.utils
 import random
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Callable, Iterator, Mapping, TypeVar
 
 T = TypeVar("T")
 
@@ -74,11 +76,17 @@ class RateLimiter:
         self.tokens = TokenBucket(tokens_per_minute / 60, tokens_per_minute / 60, clock) if tokens_per_minute else None
         self.paused_until = 0.0
 
+    @contextmanager
+    def synced(self) -> Iterator[None]:
+        """Exclusive access to the buckets (a subclass shares them with other processes)."""
+        with self.lock:
+            yield
+
     def acquire(self, tokens: int) -> float:
         """Block until a request of about `tokens` tokens may be sent; return the seconds waited."""
         waited = 0.0
         while True:
-            with self.lock:
+            with self.synced():
                 now = self.clock()
                 wait = max(0.0, self.paused_until - now)
                 if self.requests is not None:
@@ -98,7 +106,7 @@ class RateLimiter:
         """Correct the token bucket once the API reported what the request really used."""
         if self.tokens is None or actual is None:
             return
-        with self.lock:
+        with self.synced():
             if actual > estimated:
                 self.tokens.take(actual - estimated)
             else:
@@ -106,13 +114,8 @@ class RateLimiter:
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this process for `seconds` (a 429's Retry-After applies to the account)."""
-        with self.lock:
+        with self.synced():
             self.paused_until = max(self.paused_until, self.clock() + seconds)
-
-
-def split(limit: float | None, workers: int) -> float | None:
-    """A process's share of an account-wide limit when `workers` processes judge at once."""
-    return None if limit is None else limit / max(1, workers)
 
 
 @dataclass(frozen=True)

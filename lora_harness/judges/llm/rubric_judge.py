@@ -8,6 +8,7 @@ A criterion that could not be answered validly becomes a Score with `error` set,
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -16,7 +17,7 @@ import numpy as np
 from lora_harness.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, register
 from lora_harness.judges.llm.cache import cache_key
-from lora_harness.judges.llm.calls import CallOutcome, CallPlan
+from lora_harness.judges.llm.calls import CallOutcome, CallPlan, when_all
 from lora_harness.judges.llm.client import Endpoint
 from lora_harness.judges.llm.common import EncodedImage, LlmJudgeBase, check_rgb, mean_std, text_tokens
 from lora_harness.judges.llm.encoding import pixel_hash
@@ -24,6 +25,7 @@ from lora_harness.judges.llm.options import RubricOptions, parse_options
 from lora_harness.judges.llm.rubrics import (
     RUBRIC_VERSION,
     Criterion,
+    group_digest,
     images_needed,
     rubric_messages,
     select_criteria,
@@ -74,6 +76,14 @@ class LlmRubricJudge(LlmJudgeBase):
     def judge_batch(self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext) -> list[list[Score]]:
         """Scores per item, in order. Raises ModelUnavailable when no endpoint is configured: the harness
         records the metrics as missing and skips the tests they gate, with the reason saying how to enable."""
+        return self.collect(self.submit_batch(items, context), context)
+
+    def submit_batch(
+        self, items: Sequence[tuple[EvalCase, np.ndarray]], context: JudgeContext, *, ahead: bool = False
+    ) -> list["Future[list[Score]]"]:
+        """Like `judge_batch`, but returns at once: one future per item, resolved when that item's answers
+        are in. The harness submits the next checkpoints this way (`ahead=True`: behind every request a test
+        is waiting for) while the current one is in flight."""
         self.require_endpoint()
         references = self.references(context)
         plans: list[CallPlan] = []
@@ -97,11 +107,17 @@ class LlmRubricJudge(LlmJudgeBase):
                 for repeat in range(self.options.repeats):
                     slots.append(_Slot(index, group, repeat, len(plans)))
                     plans.append(self._plan(case, encoded, digest, group, repeat, references, context))
-        outcomes = self.runner(context).run(plans) if plans else []
+        outcomes = self.runner(context).submit(plans, ahead=ahead) if plans else []
         by_item: dict[int, list[_Slot]] = {}
         for slot in slots:
             by_item.setdefault(slot.item, []).append(slot)
-        return [self._scores(early[i], by_item.get(i, []), outcomes) for i in range(len(items))]
+        return [
+            when_all([outcomes[s.plan] for s in by_item.get(i, [])], self._item_scorer(early[i], by_item.get(i, []), outcomes))
+            for i in range(len(items))
+        ]
+
+    def _item_scorer(self, early: dict[str, Score], mine: list[_Slot], outcomes: list["Future[CallOutcome]"]) -> Callable[[], list[Score]]:
+        return lambda: self._scores(early, mine, {s.plan: outcomes[s.plan].result() for s in mine})
 
     def _plan(
         self,
@@ -117,7 +133,7 @@ class LlmRubricJudge(LlmJudgeBase):
         uses_prompt = any(c.uses_prompt for c in group)
         refs = references if "reference" in roles else []
         fields = {
-            **self.request_fields(repeat),
+            **self.request_fields(repeat, group_digest(group)),
             "criteria": [c.key for c in group],
             "image": digest,
             "references": [d for d, _ in refs],
@@ -169,7 +185,7 @@ class LlmRubricJudge(LlmJudgeBase):
             cache_fields=fields,
         )
 
-    def _scores(self, early: dict[str, Score], mine: list[_Slot], outcomes: list[CallOutcome]) -> list[Score]:
+    def _scores(self, early: dict[str, Score], mine: list[_Slot], outcomes: dict[int, CallOutcome]) -> list[Score]:
         scores = []
         for criterion in self.criteria:
             if criterion.metric in early:
@@ -207,6 +223,9 @@ class LlmRubricJudge(LlmJudgeBase):
                 "completion": sum(c["completion_tokens"] for c in calls if not c["cached"]),
             },
         }
+        stopped = next((o.fatal for _, o in repeats if o.fatal), None)
+        if stopped:
+            raw["stopped"] = stopped  # the run-wide stop (401/403/404): one summary line names it
         if len(repeats) > 1:
             raw["justifications"] = [s["justification"] for s in samples]
         if samples:

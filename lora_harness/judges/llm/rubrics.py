@@ -166,6 +166,28 @@ def _digest() -> str:
 RUBRIC_DIGEST = _digest()
 
 
+def _sha16(parts: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
+def group_digest(criteria: Sequence[Criterion]) -> str:
+    """Digest of every text a call asking `criteria` together sends, and of nothing else.
+
+    The answer cache keys on this instead of `RUBRIC_DIGEST`, so rewording one criterion re-asks only the
+    calls that carry it (in `per_criterion` mode: that criterion alone), not all seven. The label set is
+    the fixed one, not only the labels this group shows: a relabelled image invalidates every call.
+    """
+    return _sha16(
+        [RUBRIC_VERSION, SYSTEM_PROMPT, *IMAGE_LABELS.values()]
+        + [f"{c.key}|{c.metric}|{c.title}|{c.needs}|{c.uses_prompt}|{c.rubric}" for c in criteria]
+    )
+
+
+def pairwise_digest() -> str:
+    """Digest of the texts a pairwise call sends (the criteria's wording is no part of it)."""
+    return _sha16([RUBRIC_VERSION, SYSTEM_PROMPT, PAIRWISE_RUBRIC, *IMAGE_LABELS.values()])
+
+
 def select_criteria(names: Sequence[str] | None) -> tuple[Criterion, ...]:
     """Criteria by metric name or answer key, in the study's order; None means all seven."""
     if names is None:

@@ -4,6 +4,10 @@ The schema sent to the server is strict (every property required, no extra prope
 numeric bounds: not every OpenAI-compatible server's guided decoding supports `minimum`/`maximum`. The
 bounds are enforced here instead, after parsing; an answer outside [0, 1], malformed JSON or a missing key
 is an invalid answer, which the caller asks again and finally records as an error, never as a score.
+
+Validation is strict (pydantic strict mode): a score must be a JSON number. A server that does not enforce
+the schema (some local ones only prompt for it) may answer `"score": true` or `"score": "0.7"`; lax parsing
+would turn those into 1.0 and 0.7, scores the model never gave as numbers. They are invalid answers instead.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 class CriterionAnswer(BaseModel):
     """One rubric answer. The justification comes first so the model reasons before it scores."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     textual_justification: str
     score: float = Field(ge=0.0, le=1.0)
 
 
 class PairAnswer(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
     textual_justification: str
     preference: float = Field(ge=0.0, le=1.0)
 
