@@ -9,9 +9,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Iterable, Literal, Protocol, TypeVar
 
 StepKind = Literal["step", "epoch"]
+# What a case is for, one typed field read everywhere: "lora" (an image of the LoRA under test, judged and
+# gated), "baseline" (a reference: compared with, never gated), "leakage" / "strength" (extra images of the
+# LoRA checks, judged and stored but never under the thresholds).
+CaseRole = Literal["lora", "baseline", "leakage", "strength"]
+CHECK_ROLES: tuple[CaseRole, ...] = ("leakage", "strength")
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,17 @@ class EvalCase:
     timestamp: str | None = None
     seed: int | None = None
     variant: str | None = None  # the configured source name the case came from
+    role: CaseRole = "lora"
     extra: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.role == "baseline"
+
+    @property
+    def is_check(self) -> bool:
+        """A leakage / strength image: stored and reported, never under the LoRA's own thresholds."""
+        return self.role in CHECK_ROLES
 
     @property
     def prompt_id(self) -> str:
@@ -103,3 +118,44 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]+")
 def safe_id(text: str) -> str:
     """Test ids and file names must survive shells, xdist and allure: keep a conservative alphabet."""
     return _UNSAFE.sub("_", text).strip("_") or "case"
+
+
+class _AtStep(Protocol):
+    """Anything placed in a sweep: checkpoints, cases, store rows."""
+
+    @property
+    def loraname(self) -> str: ...
+    @property
+    def step_kind(self) -> str: ...
+    @property
+    def training_step(self) -> int: ...
+
+
+_C = TypeVar("_C", bound=_AtStep)
+
+
+def checkpoint_order(item: _AtStep) -> tuple[str, str, int]:
+    """The one sort key of a sweep: by LoRA name, then step kind, then step (everywhere checkpoints are listed)."""
+    return (item.loraname, item.step_kind, item.training_step)
+
+
+class _OfPrompt(_AtStep, Protocol):
+    @property
+    def prompt_id(self) -> str: ...
+    @property
+    def seed(self) -> int | None: ...
+
+
+def case_order(case: _OfPrompt) -> tuple[str, str, int, str, int]:
+    """Cases (and store rows) in sweep order, then by prompt and seed: the order of tests, CSV rows and reports."""
+    return (*checkpoint_order(case), case.prompt_id, case.seed or 0)
+
+
+def latest_per_lora(checkpoints: Iterable[_C]) -> dict[str, _C]:
+    """Each LoRA's last checkpoint in `checkpoint_order` (an epoch-named sweep sorts before a step-named one)."""
+    latest: dict[str, _C] = {}
+    for ckpt in checkpoints:
+        newest = latest.get(ckpt.loraname)
+        if newest is None or checkpoint_order(ckpt) > checkpoint_order(newest):
+            latest[ckpt.loraname] = ckpt
+    return latest

@@ -15,8 +15,8 @@ import numpy as np
 
 from lora_harness.verdicts.baseline import BaselinePlan
 from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config, choose_best
-from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.checks.cases import expand_check_cases
+from lora_harness.cases import Checkpoint, EvalCase, checkpoint_order
+from lora_harness.checks.cases import expand_check_cases, owner
 from lora_harness.checks.validate import check_checks_config
 from lora_harness.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
 from lora_harness.stale_sections import stale_sections, without_stale
@@ -24,18 +24,21 @@ from lora_harness.verdicts.gates import Finding, checkpoint_verdict, gated_check
 from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
 from lora_harness.images import ImageError, load_rgb
-from lora_harness.redact import Redactor
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
 from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
-from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
+from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase, baseline_names
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 from lora_harness.verdicts.stats import CheckpointAggregates, aggregate
-from lora_harness.store import ScoreRow, ScoreStore, latest_rows
+from lora_harness.store import ScoreStore, latest_rows
 
 if TYPE_CHECKING:
     from lora_harness.generation.engine import ImageGenerator
+
+# Decoded images kept per process: a checkpoint's images (e.g. 20 at 1024 px = 63 MB) stay decoded from judging
+# to their tests and thumbnails; beyond it the oldest go, and a later use decodes again.
+IMAGE_CACHE_BYTES = 96 * 2**20
 
 
 class Harness:
@@ -73,11 +76,11 @@ class Harness:
         # Leakage / strength images (lora_harness.checks): judged and stored, but not under the thresholds.
         self.check_cases = expand_check_cases(self.cases, config)
         self.checkpoints = sorted(
-            {Checkpoint.of(case) for case in self.cases}, key=lambda c: (c.loraname, c.step_kind, c.training_step)
-        )
+{Checkpoint.of(case) for case in self.cases}, key=checkpoint_order)
         # gate "best" depends on scores: chosen per LoRA on first use (`best_choice`), not here.
         # Baselines (the base model, a previous LoRA) are references: compared with, never gated.
-        self.baselines = frozenset(c.loraname for c in self.cases if c.extra.get("role") == "baseline")
+        # The one rule (`baseline_names`), shared with the report, which sees the config but no cases.
+        self.baselines = baseline_names(config.sources)
         self._gated = (
             None
             if config.gate.checkpoints == "best"
@@ -116,8 +119,8 @@ class Harness:
         self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
         self._scores: dict[str, dict[str, Score]] = {}
         self._recorded: dict[str, dict[str, Score]] = {}  # lora_record scores of cases not judged yet
-        self._redactor = Redactor()
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._image_bytes = 0
         self._context: JudgeContext | None = None
         self._generator: ImageGenerator | None = None
         self._generators: dict[str | None, ImageGenerator] = {}
@@ -153,6 +156,10 @@ class Harness:
         if self._gated is None:
             return {c for c in self.checkpoints if self.is_gated(c)}
         return self._gated
+
+    def gated_of(self, loraname: str) -> list[Checkpoint]:
+        """One LoRA's gated checkpoints in sweep order (a baseline LoRA has none)."""
+        return [c for c in self.checkpoints if c.loraname == loraname and self.is_gated(c)]
 
     def is_gated(self, checkpoint: Checkpoint) -> bool:
         if checkpoint.loraname in self.baselines:
@@ -199,14 +206,22 @@ class Harness:
         return self._context
 
     def image(self, case: EvalCase) -> np.ndarray:
-        """The case's decoded image; the last few are kept so a test and its fixtures decode it once."""
+        """The case's decoded image, decoded once: judging a checkpoint keeps its images (up to
+        `IMAGE_CACHE_BYTES`), so each case's test, fixtures and report thumbnail reuse the judges' pixels."""
         key = case.key
-        if key not in self._images:
-            self._materialize(case)
-            self._images[key] = load_rgb(case.image_path, pixel_limit=self.config.run.image_pixel_limit)
-            while len(self._images) > 4:
-                self._images.popitem(last=False)
-        return self._images[key]
+        if key in self._images:
+            self._images.move_to_end(key)
+            return self._images[key]
+        return self._remember(key, self._decode(case))
+
+    def _remember(self, key: str, pixels: np.ndarray) -> np.ndarray:
+        """Keep decoded pixels, oldest dropped first beyond the byte budget (always the last few)."""
+        self._images[key] = pixels
+        self._image_bytes += pixels.nbytes
+        while len(self._images) > 4 and self._image_bytes > IMAGE_CACHE_BYTES:
+            _, dropped = self._images.popitem(last=False)
+            self._image_bytes -= dropped.nbytes
+        return pixels
 
     def known_scores(self, case: EvalCase) -> dict[str, Score]:
         """The case's scores this process already has (never judges): for reporting after a test."""
@@ -230,7 +245,7 @@ class Harness:
     def _load_stored(self) -> None:
         """Adopt complete score sets another process of this run already recorded."""
         by_case: dict[str, dict[str, Score]] = defaultdict(dict)
-        for row in latest_rows(self.store.rows(run_id=self.run_id)):
+        for row in latest_rows(self.store.others_rows()):
             by_case[row.case_key][row.metric] = Score(row.metric, row.value, row.raw, row.error)
         wanted = set(self.metrics)
         for key, scores in by_case.items():
@@ -242,7 +257,7 @@ class Harness:
         for case in cases:
             self._scores[case.key] = {}
             try:
-                items.append((case, self.image(case) if case is cases[0] else self._decode(case)))
+                items.append((case, self.image(case)))
             except ImageError as exc:
                 for judge in self.judges:
                     self._record(judge, [(case, error_scores(judge, str(exc)))])
@@ -354,9 +369,7 @@ class Harness:
         plan = self.generation_groups()
         if not plan or self._groups is None:
             return None
-        checkpoint = Checkpoint.of(case)
-        if "of" in case.extra:  # a leakage/strength image belongs to its LoRA's checkpoint
-            checkpoint = Checkpoint(case.extra["of"], case.training_step, case.step_kind)
+        checkpoint = owner(case)  # a leakage/strength image belongs to its LoRA's checkpoint
         return plan.get(self._groups.get(checkpoint, checkpoint.key))
 
     def _materialize(self, case: EvalCase) -> None:
@@ -368,16 +381,10 @@ class Harness:
     def _record(self, judge: Judge, results: list[tuple[EvalCase, list[Score]]]) -> None:
         """fsync one judge's scores for a batch before the next judge runs.
 
-        Secrets are redacted here, once, because an exception text may quote a key or an auth header and
-        from here scores flow to the store, CSV, failure messages, allure and the HTML report.
+        The store redacts (an exception text may quote a key or an auth header) and hands back the redacted
+        scores: only those are kept, since from here scores flow to failure messages, CSV, allure and reports.
         """
-        results = [(case, [self._redacted(s) for s in scores]) for case, scores in results]
-        self.store.append(
-            ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
-            for case, scores in results
-            for s in scores
-        )
-        for case, scores in results:
+        for case, scores in self.store.record(results, judge=judge.name, judge_version=judge.version):
             self._scores.setdefault(case.key, {}).update({s.metric: s for s in scores})
 
     def record(self, case: EvalCase, score: Score, *, source: str) -> None:
@@ -386,17 +393,11 @@ class Harness:
         Recorded before the judges ran, the score waits in `_recorded`: putting a partial set into `_scores`
         would make `score(case)` believe the case was already judged.
         """
-        score = self._redacted(score)
-        self.store.append([ScoreRow.of(case, score, judge=source, judge_version="test", run_id=self.run_id, worker=self.worker)])
+        ((_, (score,)),) = self.store.record([(case, [score])], judge=source, judge_version="test")
         if case.key in self._scores:
             self._scores[case.key][score.metric] = score
         else:
             self._recorded.setdefault(case.key, {})[score.metric] = score
-
-    def _redacted(self, score: Score) -> Score:
-        raw = self._redactor.value(dict(score.raw)) if score.raw else score.raw
-        error = self._redactor.text(score.error) if score.error else score.error
-        return score if (raw is score.raw and error == score.error) else Score(score.metric, score.value, raw, error)
 
     def image_verdict(self, case: EvalCase) -> tuple[Verdict, list[Finding]]:
         return image_verdict(
@@ -455,7 +456,7 @@ class Harness:
                 results = judge_many(judge, items, self.context())
             except Exception as exc:  # the earlier round's scores stand; the decision stays as it was
                 warnings.warn(f"lora-harness: adaptive round of {repeats} repeats for {checkpoint.key} failed: "
-                              f"{self._redactor.text(f'{type(exc).__name__}: {exc}')}", stacklevel=2)
+                              f"{self.store.redactor.text(f'{type(exc).__name__}: {exc}')}", stacklevel=2)
                 return False
             self._record(judge, [(case, scores) for (case, _), scores in zip(items, results)])
         return True
@@ -485,12 +486,9 @@ class Harness:
             results = [error_scores(judge, f"failed: {type(exc).__name__}: {exc}")] * len(pairs)
         scored = [(cand, scores) for (_, _, cand, _), scores in zip(pairs, results)]
         # Store only: the candidate case's per-image score set (self._scores) is the case judges' business.
-        self.store.append(
-            ScoreRow.of(case, s, judge=judge.name, judge_version=judge.version, run_id=self.run_id, worker=self.worker)
-            for case, scores in [*scored, *((case, [score]) for case, score in problems)]
-            for s in scores
-        )
-        by_case = {case.key: scores[0] for case, scores in scored} | {case.key: score for case, score in problems}
+        recorded = self.store.record([*scored, *((case, [score]) for case, score in problems)],
+                                     judge=judge.name, judge_version=judge.version)
+        by_case = {case.key: scores[0] for case, scores in recorded if scores}
         return ComparisonResult(comparison, tuple(by_case[cand.key] for _, cand in comparison.pairs), policy=self.policy)
 
     def unavailable(self, cases: list[EvalCase]) -> list[str]:

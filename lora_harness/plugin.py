@@ -26,7 +26,7 @@ from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.verdicts.gate_check import VERDICT_PROPERTY, Gate, Unjudged, current_properties
 from lora_harness.harness import Harness
-from lora_harness.judges import JudgeContext, Score
+from lora_harness.judges import Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.generate import GenerateSource
@@ -293,7 +293,7 @@ _PARAMETRIZED = (
     *lora_checks.FIXTURES,
 )
 # Fixtures that need a valid config: with a config error, tests asking for them are deselected.
-_NEEDS_CONFIG = frozenset({*_PARAMETRIZED, "lora_harness", "lora_eval_config", "lora_judges", "lora_references"})
+_NEEDS_CONFIG = frozenset({*_PARAMETRIZED, "lora_harness"})
 
 
 @dataclass(frozen=True)
@@ -540,17 +540,28 @@ _USES_PIXELS = frozenset({"lora_scores", "lora_gate", "lora_image"})
 
 
 def _thumbnail(item: pytest.Item) -> None:
-    from lora_harness.report.thumbs import thumbnail_while_judging
-
-    case, harness = _param(item, "lora_case"), _state(item.config)._harness
+    """The case's report thumbnail from the pixels its test used, written in the background (`_THUMBNAILS`)."""
+    case, state = _param(item, "lora_case"), _state(item.config)
+    harness = state._harness
     if isinstance(case, EvalCase) and harness is not None and _USES_PIXELS & set(getattr(item, "fixturenames", ())):
         try:
-            thumbnail_while_judging(
-                case.key, case.image_path, lambda: harness.image(case), harness.config.run_dir,
-                harness.config.report.thumbnail_px,
+            pixels = harness.image(case)  # here, not on the writer's thread: the harness is not thread-safe
+            _thumbnail_writer(item.config).submit(
+                case.key, case.image_path, pixels, harness.config.run_dir, harness.config.report.thumbnail_px,
             )
         except Exception:  # never change a test's outcome: the report build makes what is missing
             pass
+
+
+_THUMBNAILS = pytest.StashKey[Any]()
+
+
+def _thumbnail_writer(config: pytest.Config) -> Any:
+    if _THUMBNAILS not in config.stash:
+        from lora_harness.report.thumbs import ThumbnailWriter
+
+        config.stash[_THUMBNAILS] = ThumbnailWriter()
+    return config.stash[_THUMBNAILS]
 
 
 def _attach_allure(item: pytest.Item) -> None:
@@ -580,22 +591,6 @@ def _attach_allure(item: pytest.Item) -> None:
 def lora_harness(request: pytest.FixtureRequest) -> Harness:
     """The run: config, cases, judges and the score store of this process."""
     return _harness_or_fail(request.config)
-
-
-@pytest.fixture(scope="session")
-def lora_eval_config(lora_harness: Harness) -> EvalConfig:
-    return lora_harness.config
-
-
-@pytest.fixture(scope="session")
-def lora_judges(lora_harness: Harness) -> list:
-    return lora_harness.judges
-
-
-@pytest.fixture(scope="session")
-def lora_references(lora_harness: Harness) -> JudgeContext:
-    """Reference photos of the person (decoded once per worker) with their paths."""
-    return lora_harness.context()
 
 
 @pytest.fixture(scope="session")
@@ -808,6 +803,8 @@ def lora(lora_harness: Harness, flux_pipeline: Any) -> Any:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = _state(config)
+    if _THUMBNAILS in config.stash:  # every thumbnail on disk before a report (here or the controller's) reads them
+        config.stash[_THUMBNAILS].close()
     if hasattr(config, "workerinput"):
         config.workeroutput[CONFIG_ERRORS_KEY] = list(state.config_errors)
         if state._harness is not None:

@@ -1,7 +1,11 @@
 """Crash-safe score storage: one append-only JSON-lines file per writer process.
 
 Every score is written (and fsynced) the moment a judge returns it, so a crash, a Ctrl-C or a failing
-later case never loses what was already computed. Each process (the controller or an xdist worker) owns
+later case never loses what was already computed.
+
+The store is the one door to `scores/*.jsonl`: `ScoreStore.record` (scores of cases) and `ScoreStore.append`
+(ready rows) both redact secrets before anything is written, so no caller (a case judge, a pairwise
+comparison, memorization, a test's own score) can put an API key quoted in an error text on disk. Each process (the controller or an xdist worker) owns
 its own file, so no locking is needed; readers merge all files. Rows are never rewritten: a rerun appends
 newer rows, and `latest_rows` takes the newest row per (case, metric).
 """
@@ -13,12 +17,13 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from lora_harness.cases import EvalCase
 from lora_harness.judges.base import Score
+from lora_harness.redact import Redactor
 
 SCORES_DIRNAME = "scores"
 
@@ -88,18 +93,51 @@ def _json_safe(obj: Any) -> Any:
 
 
 class ScoreStore:
-    """Appends rows for one writer; reads rows of every writer of a run folder."""
+    """Appends rows for one writer; reads rows of every writer of a run folder.
 
-    def __init__(self, run_dir: Path, *, run_id: str, worker: str = "main") -> None:
+    `redactor`: the secrets to scrub (default: the current environment's, read once per store)."""
+
+    def __init__(self, run_dir: Path, *, run_id: str, worker: str = "main", redactor: Redactor | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.worker = worker
         self.scores_dir = self.run_dir / SCORES_DIRNAME
         self.path = self.scores_dir / f"{run_id}.{worker}.jsonl"
+        self.redactor = Redactor() if redactor is None else redactor
+
+    def record(
+        self, results: Iterable[tuple[EvalCase, Iterable[Score]]], *, judge: str, judge_version: str
+    ) -> list[tuple[EvalCase, list[Score]]]:
+        """Redact, write and fsync one judge's scores of some cases; returns the redacted scores, which are the
+        only ones a caller may keep (they reach failure messages, CSV and reports from there)."""
+        redacted = [(case, [self.redacted(s) for s in scores]) for case, scores in results]
+        self._write(
+            ScoreRow.of(case, s, judge=judge, judge_version=judge_version, run_id=self.run_id, worker=self.worker)
+            for case, scores in redacted
+            for s in scores
+        )
+        return redacted
 
     def append(self, rows: Iterable[ScoreRow]) -> None:
-        """Write rows and fsync before returning: once this returns, the scores survive a crash."""
-        lines = "".join(json.dumps(asdict(row), allow_nan=False, default=str) + "\n" for row in rows)
+        """Write ready rows (redacted first) and fsync before returning: once this returns, they survive a crash."""
+        self._write(self._redacted_row(row) for row in rows)
+
+    def redacted(self, score: Score) -> Score:
+        """The score with secrets removed from its error text and raw values (the same object when clean)."""
+        if not score.raw and not score.error:
+            return score
+        raw = self.redactor.value(dict(score.raw)) if score.raw else score.raw
+        return Score(score.metric, score.value, raw, self.redactor.text(score.error) if score.error else score.error)
+
+    def _redacted_row(self, row: ScoreRow) -> ScoreRow:
+        if not row.raw and not row.error:
+            return row
+        return replace(row, raw=self.redactor.value(row.raw), error=self.redactor.text(row.error) if row.error else row.error)
+
+    def _write(self, rows: Iterable[ScoreRow]) -> None:
+        """The only code that writes score files; callers come through `record` or `append`, which redact."""
+        # vars(), not asdict(): a row's fields are plain values and asdict's deep copy was most of a write's cost
+        lines = "".join(json.dumps(vars(row), allow_nan=False, default=str) + "\n" for row in rows)
         if not lines:
             return
         self.scores_dir.mkdir(parents=True, exist_ok=True)
@@ -111,8 +149,14 @@ class ScoreStore:
     def rows(self, *, run_id: str | None = None) -> list[ScoreRow]:
         return list(read_rows(self.run_dir, run_id=run_id))
 
+    def others_rows(self) -> list[ScoreRow]:
+        """This run's rows written by the other processes (xdist workers): what this writer has not seen.
+        Its own file is skipped: everything in it came from this process (reading it back per checkpoint
+        made a run's cost grow with the square of its size)."""
+        return list(read_rows(self.run_dir, run_id=self.run_id, skip=self.path))
 
-def read_rows(run_dir: Path, *, run_id: str | None = None) -> Iterator[ScoreRow]:
+
+def read_rows(run_dir: Path, *, run_id: str | None = None, skip: Path | None = None) -> Iterator[ScoreRow]:
     """All rows of a run folder (optionally one session's), in file then line order.
 
     A torn last line (a process killed mid-write) is skipped with a warning, not an error: the rows before
@@ -121,6 +165,8 @@ def read_rows(run_dir: Path, *, run_id: str | None = None) -> Iterator[ScoreRow]
     scores_dir = Path(run_dir) / SCORES_DIRNAME
     pattern = f"{run_id}.*.jsonl" if run_id else "*.jsonl"
     for path in sorted(scores_dir.glob(pattern)):
+        if path == skip:
+            continue
         with open(path, encoding="utf-8") as handle:
             for number, line in enumerate(handle, 1):
                 if not line.strip():

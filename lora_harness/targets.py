@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lora_harness.cases import Checkpoint, safe_id
+from lora_harness.cases import Checkpoint, checkpoint_order, safe_id
 
 if TYPE_CHECKING:
     from lora_harness.harness import Harness
@@ -56,7 +56,7 @@ def gate_targets(harness: "Harness") -> list[GateTarget]:
     names = sorted({c.loraname for c in harness.checkpoints})
     if spec == "best":
         return [GateTarget(name, "best") for name in names]
-    gated = sorted(harness.gated, key=lambda c: (c.loraname, c.step_kind, c.training_step))
+    gated = sorted(harness.gated, key=checkpoint_order)
     rule = "latest" if spec == "latest" else "step"
     return [GateTarget(c.loraname, rule, c) for c in gated]
 
@@ -84,7 +84,7 @@ def xdist_groups(harness: "Harness") -> dict[Checkpoint, str]:
     def union(a: Checkpoint, b: Checkpoint) -> None:
         ra, rb = find(a), find(b)
         if ra != rb:
-            parent[max(ra, rb, key=_order)] = min(ra, rb, key=_order)
+            parent[max(ra, rb, key=checkpoint_order)] = min(ra, rb, key=checkpoint_order)
 
     by_lora: dict[str, list[Checkpoint]] = {}
     for c in harness.checkpoints:
@@ -101,14 +101,9 @@ def xdist_groups(harness: "Harness") -> dict[Checkpoint, str]:
             if best:
                 union(by_lora[name][0], by_lora[base_name][0])
                 continue
-            for candidate in (c for c in harness.gated if c.loraname == name):
-                gated_of = lambda n: [c for c in harness.gated if c.loraname == n]  # noqa: E731
-                union(candidate, plan.baseline_checkpoint(candidate, gated_of))
+            for candidate in harness.gated_of(name):
+                union(candidate, plan.baseline_checkpoint(candidate, harness.gated_of))
     return {c: find(c).key for c in harness.checkpoints}
-
-
-def _order(c: Checkpoint) -> tuple:
-    return (c.loraname, c.step_kind, c.training_step)
 
 
 def comparison_targets(harness: "Harness") -> list[MetricTarget]:

@@ -271,6 +271,7 @@ def test_xdist_groups_put_candidate_and_baseline_checkpoints_together() -> None:
         baseline=plan(lora="base"),
         gated={Checkpoint("base", 800), Checkpoint("cand", 800)},
     )
+    fake.gated_of = lambda name: [c for c in CKPTS if c.loraname == name and c in fake.gated]
     groups = xdist_groups(fake)  # type: ignore[arg-type]
     assert groups[Checkpoint("cand", 800)] == groups[Checkpoint("base", 800)] == "base-step000800"
     assert len({groups[c] for c in CKPTS}) == 5  # the other four stay apart: parallel work

@@ -168,8 +168,11 @@ minimums = {{ spectral_score = 0.5 }}
     )
     # 800 is gated and passes; 200 and 600 miss the spectral minimum but are not gated: xfail; 400 passes
     result.assert_outcomes(passed=2, xfailed=2)
+    # the table marks the gated checkpoint with a literal "*" (escaped as [*]: a bare * matches any row)
+    marked = [line.split()[2] for line in result.stdout.lines if line.startswith("* personal-lora-demo-r4 ")]
+    assert marked == ["000800"]
     result.stdout.fnmatch_lines([
-        "* personal-lora-demo-r4 000800 *",
+        "[*] personal-lora-demo-r4 000800 *",
         "best checkpoint of personal-lora-demo-r4: step 000800, objective *",
         "  runner-up: step 000400, objective * lower: magnitude_score *",
         "  excluded: step 000200 (spectral_score 0.0* < minimum 0.5); step 000600 (spectral_score 0.0* < minimum 0.5)",

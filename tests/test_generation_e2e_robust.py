@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
-from lora_harness.generation.cache import read_log  # noqa: E402
+from generation_log import read_log  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EVAL_TEST = (REPO / "evals" / "test_lora.py").read_text()

@@ -181,7 +181,8 @@ def _reseal_crc(path: Path) -> None:
 def test_a_damaged_cached_png_is_regenerated_and_the_log_says_why(model_dir, files, tmp_path, damage, reason):
     import re
 
-    from lora_harness.generation.cache import check_cached, read_log
+    from generation_log import read_log
+    from lora_harness.generation.cache import check_cached
     from lora_harness.generation.engine import ImageGenerator
     from lora_harness.generation.settings import PipelineConfig as Config
 
@@ -208,7 +209,7 @@ def test_a_damaged_cached_png_is_regenerated_and_the_log_says_why(model_dir, fil
 
 def test_a_lora_whose_images_equal_the_base_models_fails_even_from_the_cache(model_dir, files, tmp_path):
     from lora_harness.config import parse_config
-    from lora_harness.generation.cache import read_log
+    from generation_log import read_log
     from lora_harness.generation.engine import REFERENCE_DIRNAME, ImageGenerator
     from lora_harness.generation.errors import CaseGenerationError
     from lora_harness.generation.settings import PipelineConfig as Config

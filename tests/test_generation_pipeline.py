@@ -26,7 +26,8 @@ diffusers = pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
 from lora_harness.config import parse_config  # noqa: E402
-from lora_harness.generation.cache import read_log, stored_digest  # noqa: E402
+from generation_log import read_log  # noqa: E402
+from lora_harness.generation.cache import stored_digest  # noqa: E402
 from lora_harness.generation.engine import ImageGenerator  # noqa: E402
 from lora_harness.generation.errors import CaseGenerationError, LoraFileError, LoraMismatchError, PipelineLoadError  # noqa: E402
 from lora_harness.generation.pipeline import Target, load_pipeline  # noqa: E402

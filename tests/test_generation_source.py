@@ -308,7 +308,7 @@ def test_baselines_are_references_never_gated(tmp_path):
     parsed = parse_config({"sources": sources, "judges": [{"name": "image_stats"}]}, base_dir=tmp_path)
     assert baseline_names(parsed.sources) == {"base-model", "old"}
     harness = Harness(parsed, run_id="r1")
-    assert harness.baselines == {"base-model", "old"}
+    assert harness.baselines == {"base-model", "old"} == {c.loraname for c in harness.cases if c.is_baseline}
     assert harness.gated == {Checkpoint("r4", 500), Checkpoint("r4-vs-old", 500)}  # gate "latest" per LoRA
     assert not harness.is_gated(Checkpoint("base-model", 0)) and not harness.is_gated(Checkpoint("old", 900))
     every = {Checkpoint("base-model", 0), Checkpoint("old", 900), Checkpoint("r4", 500)}

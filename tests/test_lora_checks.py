@@ -26,7 +26,6 @@ pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
 from lora_harness.cases import Checkpoint  # noqa: E402
-from lora_harness.checks.cases import is_check_case  # noqa: E402
 from lora_harness.checks.leakage import evaluate_leakage  # noqa: E402
 from lora_harness.checks.memorization import MemorizationCheck  # noqa: E402
 from lora_harness.checks.strength import evaluate_strength, scale_means  # noqa: E402
@@ -91,11 +90,11 @@ def test_check_cases_have_their_own_names_roles_and_scales(run) -> None:
         + [f"tiny-person-scale{s}-epoch00000{e}-pS00-s11" for e in (1, 2) for s in ("0", "0.5", "1")]
     )
     scale_half = next(c for c in harness.check_cases if c.loraname == "tiny-person-scale0.5")
-    assert (scale_half.lora_scale, scale_half.extra) == (0.5, {"role": "strength", "scale": "0.5", "of": "tiny-person"})
-    leak = next(c for c in harness.check_cases if c.extra["role"] == "leakage")
+    assert (scale_half.lora_scale, scale_half.role, scale_half.extra) == (0.5, "strength", {"scale": "0.5", "of": "tiny-person"})
+    leak = next(c for c in harness.check_cases if c.role == "leakage")
     assert leak.prompt.text == "a man in a park" and (leak.prompt.width, leak.prompt.steps) == (32, 2)  # source settings
     # The LoRA's own cases, checkpoints and gates do not include them (no trigger-prompt thresholds apply).
-    assert not any(is_check_case(c) for c in harness.cases)
+    assert not any(c.is_check for c in harness.cases)
     assert harness.checkpoints == [E1, E2] and harness.gated == {E2}
     # Scale 0 is the base model: the same image at both checkpoints; scale 1 is the LoRA's own image.
     images = {c.key: np.asarray(Image.open(c.image_path)) for c in harness.cases + harness.check_cases}

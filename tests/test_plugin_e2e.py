@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -181,10 +184,46 @@ def test_samples_option_points_at_a_folder_without_editing_the_config(pytester: 
         Image.fromarray(pixels).save(folder / f"my_lora-v2_{step:06d}_00_20250101120000.png")
     result = run(pytester, "--lora-samples", str(folder), "--lora-run-name", "mine", "--lora-gate", "all", "-v")
     result.stdout.fnmatch_lines(["*test_image?my_lora-v2-step000100-p00-s7?*", "*test_checkpoint?my_lora-v2-step000200?*"])
-    assert (pytester.path / "reports" / "mine" / "scores.csv").is_file()
+    # only the folder's LoRA is collected (the config's demo sources are replaced), and `--lora-gate all`
+    # gates step 100 too: noise images miss the spectral minimum, so all four fail (with "latest", 100 would xfail)
+    result.assert_outcomes(failed=4)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    scores = pd.read_csv(pytester.path / "reports" / "mine" / "scores.csv")
+    assert set(scores["loraname"]) == {"my_lora-v2"} and len(scores) == 2
 
 
-def test_exit_code_five_is_not_swallowed_by_make(tmp_path: Path) -> None:
-    """`make test`/`make eval` turn pytest's 'no tests collected' (5) into a failure."""
-    makefile = (REPO / "Makefile").read_text()
-    assert "-eq 5" in makefile and "exit 1" in makefile
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed here")
+@pytest.mark.parametrize(("pytest_rc", "make_fails"), [(0, False), (1, True), (5, True)])
+def test_exit_code_five_is_not_swallowed_by_make(tmp_path: Path, pytest_rc: int, make_fails: bool) -> None:
+    """`make eval` runs the real Makefile recipe with a stand-in pytest: 'no tests collected' (5) fails."""
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    (tmp_path / "pyproject.toml").write_text("")
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "pytest").write_text(f"#!/bin/sh\necho stand-in pytest \"$@\"\nexit {pytest_rc}\n")
+    (bin_dir / "pytest").chmod(0o755)
+    stamp = tmp_path / ".venv" / ".installed-stamp"
+    stamp.touch()
+    os.utime(stamp, (time.time() + 60, time.time() + 60))  # newer than Makefile and pyproject: no install
+    done = subprocess.run(["make", "eval"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "stand-in pytest evals -n auto" in done.stdout  # the recipe really ran our pytest
+    assert (done.returncode != 0) is make_fails, done.stdout + done.stderr
+    assert ("pytest collected no tests" in done.stderr) is (pytest_rc == 5)
+
+
+def test_a_test_computes_its_own_metric_from_lora_image_and_records_it(pytester: pytest.Pytester) -> None:
+    """`lora_image` (the decoded pixels the judges also see) + `lora_record`: a metric of the suite's own."""
+    write_suite(pytester.path, samples=[DEMO / "samples" / "personal-lora-demo-r4"])
+    (pytester.path / "test_lora.py").write_text(
+        "def test_image(lora_case, lora_image, lora_record):\n"
+        "    assert lora_image.dtype.name == 'uint8' and lora_image.shape[2] == 3\n"
+        "    lora_record('mean_grey', float(lora_image.mean()) / 255)\n"
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=12)
+    scores = pd.read_csv(pytester.path / "reports" / "e2e" / "scores.csv")
+    assert len(scores) == 12 and scores["mean_grey"].notna().all()
+    for _, row in scores.head(3).iterrows():
+        image = next((DEMO / "samples" / "personal-lora-demo-r4").glob(f"*_{int(row['training_step']):06d}_{int(row['prompt_id']):02d}_*"))
+        with Image.open(image) as pil:
+            assert row["mean_grey"] == pytest.approx(np.asarray(pil.convert("RGB")).mean() / 255, abs=1e-6)

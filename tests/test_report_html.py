@@ -352,6 +352,12 @@ def test_many_thumbnails_are_made_in_worker_processes(tmp_path: Path, monkeypatc
     from report_rows import write_image
 
     monkeypatch.setattr(thumbs, "PROCESS_THRESHOLD", 4)  # the real threshold is 64 images
+
+    def in_this_process(*args: object) -> None:
+        raise AssertionError("a thumbnail was made in the test's own process, not in a worker")
+
+    # Spawned workers import the module afresh (the real `_make`); only this process sees the tripwire.
+    monkeypatch.setattr(thumbs, "_make", in_this_process)
     items = [(f"case-{i}", str(write_image(tmp_path / f"{i}.png", i, size=96))) for i in range(6)]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     items.append(("case-broken", str(tmp_path / "broken.png")))
@@ -401,3 +407,31 @@ def test_thumbnail_while_judging_uses_the_pixels_once_and_never_raises(tmp_path:
         raise ImageError("a.png: cannot decode image")
 
     assert thumbnail_while_judging("case-b", image, broken, tmp_path / "run", 64) is None
+
+
+def test_the_thumbnail_writer_writes_in_the_background_and_close_waits_for_all(tmp_path: Path) -> None:
+    import threading
+
+    import numpy as np
+
+    from lora_harness.report import thumbs
+
+    writer = thumbs.ThumbnailWriter(max_pending=2)  # fewer slots than images: submit waits, nothing is dropped
+    pixels = np.full((64, 48, 3), 120, dtype=np.uint8)
+    image = tmp_path / "source.png"
+    image.write_bytes(b"")  # the thumbnail's freshness is judged against its image's time
+    keys = [f"case-{i}" for i in range(7)]
+    for key in keys:
+        writer.submit(key, image, pixels, tmp_path / "run", 32)
+    writer.submit("case-bad", image, np.zeros((0, 0, 3), dtype=np.uint8), tmp_path / "run", 32)  # cannot encode
+    assert any(t.name == "lora-harness-thumbnails" for t in threading.enumerate())
+    writer.close()
+    assert not any(t.name == "lora-harness-thumbnails" for t in threading.enumerate())
+    folder = thumbs.thumbs_dir(tmp_path / "run", 32)
+    for key in keys:
+        with Image.open(folder / thumbs.thumbnail_name(key)) as thumb:
+            assert thumb.format == "JPEG" and thumb.size == (24, 32)  # (width, height) of a 64 x 48 (h x w) image
+    assert not (folder / thumbs.thumbnail_name("case-bad")).exists()
+    writer.submit("case-again", image, pixels, tmp_path / "run", 32)  # usable after close
+    writer.close()
+    assert (folder / thumbs.thumbnail_name("case-again")).is_file()

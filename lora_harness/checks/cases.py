@@ -12,28 +12,22 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from lora_harness.cases import Checkpoint, EvalCase, Prompt
+from lora_harness.cases import CaseRole, Checkpoint, EvalCase, Prompt, latest_per_lora
 from lora_harness.prompts import parse_prompt_line, prompt_lines
 from lora_harness.sources.generate import DEFAULT_SEED, GeneratedCase, image_path
 
 if TYPE_CHECKING:
     from lora_harness.config import EvalConfig
 
-LEAKAGE, STRENGTH = "leakage", "strength"
+LEAKAGE: CaseRole = "leakage"
+STRENGTH: CaseRole = "strength"
 MEMORIZATION = "memorization"  # the `judge` of stored memorization scores
-CHECK_ROLES = (LEAKAGE, STRENGTH)
-
-
-def role(case: EvalCase) -> str | None:
-    return case.extra.get("role")
-
-
-def is_check_case(case: EvalCase) -> bool:
-    return role(case) in CHECK_ROLES
 
 
 def owner(case: EvalCase) -> Checkpoint:
-    """The checkpoint (of the LoRA under test) a leakage / strength case was made for."""
+    """The checkpoint a case belongs to: a leakage / strength case's LoRA under test, else its own."""
+    if "of" not in case.extra:
+        return Checkpoint.of(case)
     return Checkpoint(case.extra["of"], case.training_step, case.step_kind)
 
 
@@ -45,14 +39,10 @@ def _checkpoints(cases: Iterable[EvalCase], which: str) -> dict[Checkpoint, list
     """Generated, non-baseline checkpoints with their cases; "latest": each LoRA's last step only."""
     found: dict[Checkpoint, list[GeneratedCase]] = {}
     for case in cases:
-        if isinstance(case, GeneratedCase) and case.lora is not None and role(case) is None:
+        if isinstance(case, GeneratedCase) and case.lora is not None and case.role == "lora":
             found.setdefault(Checkpoint.of(case), []).append(case)
     if which == "latest":
-        last: dict[str, Checkpoint] = {}
-        for c in found:
-            if c.loraname not in last or (c.step_kind, c.training_step) > (last[c.loraname].step_kind, last[c.loraname].training_step):
-                last[c.loraname] = c
-        found = {c: found[c] for c in last.values()}
+        found = {c: found[c] for c in latest_per_lora(found).values()}
     return found
 
 
@@ -69,11 +59,11 @@ def _prompts(texts: list[str] | None, template: Prompt, key: str, prefix: str) -
     return out
 
 
-def _case(base: GeneratedCase, loraname: str, prompt: Prompt, seed: int, scale: float, extra: dict[str, str],
-          run_dir: Path) -> GeneratedCase:
+def _case(base: GeneratedCase, loraname: str, prompt: Prompt, seed: int, scale: float, role: CaseRole,
+          extra: dict[str, str], run_dir: Path) -> GeneratedCase:
     case = GeneratedCase(
         loraname=loraname, training_step=base.training_step, step_kind=base.step_kind,
-        prompt=replace(prompt, seed=seed), image_path=Path(), seed=seed, variant=extra["role"],
+        prompt=replace(prompt, seed=seed), image_path=Path(), seed=seed, variant=role, role=role,
         extra={**extra, "of": base.loraname}, lora=base.lora, lora_scale=scale,
     )
     return replace(case, image_path=image_path(run_dir, loraname, case.step_label, prompt.prompt_id, seed))
@@ -90,7 +80,7 @@ def expand_check_cases(cases: list[EvalCase], config: "EvalConfig") -> list[Gene
             for prompt in _prompts(leak.prompts, first.prompt, "leakage.prompts", "L"):
                 for seed in seeds:
                     out.append(_case(first, f"{ckpt.loraname}-{LEAKAGE}", prompt, seed, first.lora_scale,
-                                     {"role": LEAKAGE}, config.run_dir))
+                                     LEAKAGE, {}, config.run_dir))
     if strength is not None:
         for ckpt, group in _checkpoints(cases, strength.checkpoints).items():
             first = group[0]
@@ -99,5 +89,5 @@ def expand_check_cases(cases: list[EvalCase], config: "EvalConfig") -> list[Gene
                 for prompt in _prompts(strength.prompts, first.prompt, "strength.prompts", "S"):
                     for seed in seeds:
                         out.append(_case(first, f"{ckpt.loraname}-{scale_label(scale)}", prompt, seed, scale,
-                                         {"role": STRENGTH, "scale": f"{scale:g}"}, config.run_dir))
+                                         STRENGTH, {"scale": f"{scale:g}"}, config.run_dir))
     return out

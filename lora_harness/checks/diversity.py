@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.checks.cases import is_check_case
+from lora_harness.cases import Checkpoint, EvalCase, latest_per_lora
 from lora_harness.checks.result import CheckResult
 from lora_harness.diversity import (
     image_embeddings,
@@ -37,7 +36,7 @@ VERSION = "1"
 
 
 def diversity_cases(harness: "Harness", checkpoint: Checkpoint) -> list[EvalCase]:
-    return [c for c in harness.cases_of(checkpoint) if not is_check_case(c) and c.extra.get("role") != "baseline"]
+    return [c for c in harness.cases_of(checkpoint) if c.role == "lora"]
 
 
 def diversity_targets(harness: "Harness") -> list[Checkpoint]:
@@ -46,11 +45,7 @@ def diversity_targets(harness: "Harness") -> list[Checkpoint]:
         return []
     found = [c for c in harness.checkpoints if len(diversity_cases(harness, c)) >= 2]
     if config.checkpoints == "latest":
-        last: dict[str, Checkpoint] = {}
-        for c in found:
-            if c.loraname not in last or (c.step_kind, c.training_step) > (last[c.loraname].step_kind, last[c.loraname].training_step):
-                last[c.loraname] = c
-        found = list(last.values())
+        found = list(latest_per_lora(found).values())
     return found
 
 

@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 SOURCE = "drift"
 VERSION = "1"
 EMBEDDING_JUDGES = ("clip_i", "dino")  # whole-image similarity judges whose `<name>_max` becomes drift_<name>
-BASE_ROLE = "drift-base"
 
 
 def drift_metric(judge: str) -> str:
@@ -47,7 +46,7 @@ def base_twin(case: GeneratedCase, run_dir: Any) -> GeneratedCase:
     """The base model's image of the leakage case's prompt and seed: no LoRA, one per prompt/seed (step 0)."""
     name = f"{case.extra['of']}-base"
     twin = replace(case, loraname=name, training_step=0, lora=None, lora_scale=0.0, variant="base",
-                   extra={"role": BASE_ROLE, "of": case.extra["of"]})
+                   role="baseline", extra={"of": case.extra["of"]})
     return replace(twin, image_path=image_path(run_dir, name, twin.step_label, case.prompt_id, case.seed))
 
 

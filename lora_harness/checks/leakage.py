@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.checks.cases import LEAKAGE, owner, role
+from lora_harness.cases import Checkpoint, EvalCase, checkpoint_order
+from lora_harness.checks.cases import LEAKAGE, owner
 from lora_harness.checks.result import CheckResult
 from lora_harness.models import UNAVAILABLE_KEY
 
@@ -21,12 +21,12 @@ if TYPE_CHECKING:
 
 def check_targets(harness: "Harness", check_role: str) -> list[Checkpoint]:
     """The LoRA checkpoints that have cases of this role, in sweep order."""
-    found = {owner(c) for c in harness.check_cases if role(c) == check_role}
-    return sorted(found, key=lambda c: (c.loraname, c.step_kind, c.training_step))
+    found = {owner(c) for c in harness.check_cases if c.role == check_role}
+    return sorted(found, key=checkpoint_order)
 
 
 def cases_for(harness: "Harness", checkpoint: Checkpoint, check_role: str) -> list[EvalCase]:
-    return [c for c in harness.check_cases if role(c) == check_role and owner(c) == checkpoint]
+    return [c for c in harness.check_cases if c.role == check_role and owner(c) == checkpoint]
 
 
 def metric_value(harness: "Harness", case: EvalCase, metric: str) -> tuple[float | None, str | None, str | None]:

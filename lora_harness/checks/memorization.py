@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import MEMORIZATION, is_check_case
+from lora_harness.checks.cases import MEMORIZATION
 from lora_harness.checks.result import CheckResult
 from lora_harness.images import ImageError, load_rgb
 from lora_harness.judges import JudgeContext, Score, create_judge
 from lora_harness.judges.base import judge_many
 from lora_harness.models import ModelUnavailable
 from lora_harness.sources.samples import IMAGE_SUFFIXES
-from lora_harness.store import ScoreRow
 
 if TYPE_CHECKING:
     from lora_harness.config import EvalConfig, MemorizationConfig
@@ -88,7 +87,7 @@ class MemorizationCheck:
 
     def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
         result = CheckResult("memorization", checkpoint)
-        cases = [c for c in harness.cases_of(checkpoint) if not is_check_case(c)]
+        cases = [c for c in harness.cases_of(checkpoint) if not c.is_check]
         items = []
         for case in cases:
             try:
@@ -111,15 +110,14 @@ class MemorizationCheck:
                 result.unavailable.append(f"{judge.name}: {exc}")
                 continue
             except Exception as exc:  # a judge bug must not hide the other judges' findings
-                result.errors.append(f"{judge.name} failed: {type(exc).__name__}: {exc}")
+                result.errors.append(harness.store.redactor.text(f"{judge.name} failed: {type(exc).__name__}: {exc}"))
                 continue
             for (case, _), scores in zip(items, results):
                 best = next((s for s in scores if s.metric == f"{judge.name}_max"), None)
                 score = _memorization_score(metric, best, by_name)
                 # Store only (as pairwise comparisons do): the case's score set in the harness stays the case
                 # judges' business, so a later `score(case)` still runs them.
-                harness.store.append([ScoreRow.of(case, score, judge=SOURCE, judge_version=f"{judge.name} {judge.version}",
-                                                  run_id=harness.run_id, worker=harness.worker)])
+                ((_, (score,)),) = harness.store.record([(case, [score])], judge=SOURCE, judge_version=f"{judge.name} {judge.version}")
                 where = f"{case.key} ({case.image_path})"
                 if score.error:
                     result.errors.append(f"{where}: {score.error}")

@@ -38,7 +38,7 @@ def targets(harness: "Harness", fixture: str) -> list[Checkpoint]:
         return diversity_targets(harness)
     if harness.config.memorization is None:
         return []
-    return [c for c in harness.checkpoints if any(case.extra.get("role") != "baseline" for case in harness.cases_of(c))]
+    return [c for c in harness.checkpoints if any(not case.is_baseline for case in harness.cases_of(c))]
 
 
 def run_check(harness: "Harness", fixture: str, checkpoint: Checkpoint, memorization: MemorizationCheck | None = None,

@@ -32,6 +32,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
+from lora_harness.redact import Redactor
 from lora_harness.sources.generate import GeneratedCase
 
 CACHE_FORMAT = 1
@@ -290,23 +291,19 @@ def save_png(image: Image.Image, path: Path, key: CacheKey) -> None:
 class GenerationLog:
     """One JSON line per event (pipeline built, LoRA loaded, image generated/reused/failed), one file per worker.
 
-    Plain appends without fsync: the log explains a run, it is not data that must survive a crash.
+    Plain appends without fsync: the log explains a run, it is not data that must survive a crash. Fields are
+    redacted as the score store's rows are: a failed download or load can quote a hub token in its message.
     """
 
-    def __init__(self, folder: Path, worker: str) -> None:
+    def __init__(self, folder: Path, worker: str, redactor: Redactor | None = None) -> None:
         self.path = Path(folder) / f"generation.{worker}.jsonl"
         self.worker = worker
+        self.redactor = Redactor() if redactor is None else redactor
 
     def write(self, event: str, **fields: Any) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"event": event, "worker": self.worker, "time": round(time.time(), 3), **fields}
+        line = json.dumps(record, default=str)  # str() first: a field may be a Path or an exception
         with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
+            handle.write(json.dumps(self.redactor.value(json.loads(line))) + "\n")
 
-
-def read_log(folder: Path) -> list[dict[str, Any]]:
-    """Every worker's generation events of a run's images folder, oldest first."""
-    events: list[dict[str, Any]] = []
-    for path in sorted(Path(folder).glob("generation.*.jsonl")):
-        events += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return sorted(events, key=lambda e: e.get("time", 0))

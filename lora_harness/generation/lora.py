@@ -94,12 +94,6 @@ def guess_architecture(keys: Iterable[str]) -> str | None:
 
 
 @dataclass(frozen=True)
-class Mismatch:
-    key: str
-    problem: str
-
-
-@dataclass(frozen=True)
 class LoraLayout:
     """What a LoRA file puts where, as diffusers converts it (the model is untouched).
 

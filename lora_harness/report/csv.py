@@ -12,11 +12,10 @@ from typing import Iterable
 
 import pandas as pd
 
-from lora_harness.cases import step_label  # noqa: F401  (re-exported: reports import it from here)
+from lora_harness.cases import case_order, step_label  # noqa: F401  (re-exported: reports import it from here)
+from lora_harness.scores_csv import ID_COLUMNS, TAIL_COLUMNS, ScoresCsvError, metric_columns, read_scores_csv  # noqa: F401
 from lora_harness.store import ScoreRow
 
-ID_COLUMNS = ["loraname", "training_step", "prompt_id", "timestamp"]
-TAIL_COLUMNS = ["seed", "image", "run_id"]
 # The study's metric columns, in its order; other metrics follow alphabetically.
 RESEARCH_METRICS = [
     "eval_person_llm",
@@ -34,10 +33,6 @@ LONG_COLUMNS = [
 ]
 
 
-class ScoresCsvError(ValueError):
-    pass
-
-
 def metric_order(metrics: Iterable[str]) -> list[str]:
     found = set(metrics)
     return [m for m in RESEARCH_METRICS if m in found] + sorted(found - set(RESEARCH_METRICS))
@@ -47,7 +42,7 @@ def wide_frame(rows: list[ScoreRow]) -> pd.DataFrame:
     """One row per case; metric values as columns (empty where a judge errored)."""
     metrics = metric_order(row.metric for row in rows)
     cases: dict[str, dict[str, object]] = {}
-    for row in sorted(rows, key=lambda r: (r.loraname, r.step_kind, r.training_step, r.prompt_id, r.seed or 0)):
+    for row in sorted(rows, key=case_order):
         record = cases.setdefault(
             row.case_key,
             {
@@ -83,28 +78,3 @@ def write_score_csvs(rows: list[ScoreRow], out_dir: Path) -> tuple[Path, Path]:
         frame.to_csv(tmp, index=False)
         tmp.replace(path)
     return paths
-
-
-def read_scores_csv(path: Path) -> pd.DataFrame:
-    """Read a wide scores CSV, ours or the study's (whose first column is a pandas index)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ScoresCsvError(f"scores CSV not found: {path}")
-    try:
-        frame = pd.read_csv(path, dtype={column: str for column in ID_COLUMNS}, keep_default_na=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ScoresCsvError(f"{path}: not a readable CSV ({exc})") from None
-    frame = frame.drop(columns=[c for c in frame.columns if str(c).startswith("Unnamed: ")])
-    missing = [column for column in ID_COLUMNS[:3] if column not in frame.columns]
-    if missing:
-        raise ScoresCsvError(
-            f"{path}: missing column(s) {', '.join(missing)}; expected the research layout "
-            f"({', '.join(ID_COLUMNS)}, then one column per metric)"
-        )
-    return frame
-
-
-def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """The numeric metric columns of a wide frame (everything that is not an id or bookkeeping column)."""
-    skip = set(ID_COLUMNS) | set(TAIL_COLUMNS)
-    return [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])]

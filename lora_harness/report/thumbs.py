@@ -12,6 +12,8 @@ import base64
 import hashlib
 import multiprocessing
 import os
+import queue
+import threading
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -179,3 +181,36 @@ def start_thumbnails(
     future = executor.submit(build_thumbnails, list(items), run_dir, max_px, pixel_limit=pixel_limit)
     executor.shutdown(wait=False)  # the thread ends with its one job
     return future
+
+
+class ThumbnailWriter:
+    """`thumbnail_while_judging` on one background thread: a test hands over the pixels it already has and
+    goes on, while the JPEG encoding (PIL releases the GIL) and the file creation (a filesystem's slowest
+    step) overlap the next tests. At most `max_pending` images wait, so memory stays bounded; `close()`
+    waits for the rest, and the report build comes after it. Failures are ignored as before: the report
+    build makes what is missing and says why."""
+
+    def __init__(self, max_pending: int = 64) -> None:
+        self._queue: "queue.Queue[tuple[str, Path, np.ndarray, Path, int] | None]" = queue.Queue(max_pending)
+        self._thread: threading.Thread | None = None
+
+    def submit(self, case_key: str, image: Path, pixels: np.ndarray, run_dir: Path, max_px: int) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lora-harness-thumbnails", daemon=True)
+            self._thread.start()
+        self._queue.put((case_key, image, pixels, run_dir, max_px))
+
+    def close(self) -> None:
+        """Wait until every submitted thumbnail is written (or has failed); the writer can be used again."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            case_key, image, pixels, run_dir, max_px = job
+            try:
+                thumbnail_while_judging(case_key, image, lambda: pixels, run_dir, max_px)
+            except Exception:  # noqa: BLE001 - never a test's problem; the report build retries and says why
+                pass

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows, values_from_rows
-from lora_harness.checks.cases import CHECK_ROLES
 from lora_harness.checks.memorization import memorization_ceilings
-from lora_harness.cases import Checkpoint, safe_id
+from lora_harness.cases import CHECK_ROLES, Checkpoint, case_order, checkpoint_order, safe_id
 from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
 from lora_harness.verdicts.gates import checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Verdict, run_badge
@@ -194,7 +193,7 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         _case_view(group, checkpoint_of[key] in gated, _rules_of(group[0], thresholds), rules.ceilings, redactor)
         for key, group in by_case.items()
     ]
-    cases.sort(key=lambda c: (c.loraname, c.step_kind, c.training_step, c.prompt_id, c.seed or 0, c.key))
+    cases.sort(key=lambda c: (*case_order(c), c.key))
     _unique_dom_ids(cases)
 
     by_checkpoint: dict[str, list[CaseView]] = defaultdict(list)
@@ -205,7 +204,7 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         _checkpoint_view(group, metrics, thresholds if group[0].variant not in CHECK_ROLES else {}, scales, rules.stats)
         for group in by_checkpoint.values()
     ]
-    checkpoints.sort(key=lambda c: (c.loraname, c.step_kind, c.training_step))
+    checkpoints.sort(key=checkpoint_order)
 
     failing_cases = sorted(
         (c for c in cases if c.status in FAILING), key=lambda c: (STATUS_ORDER[c.status], not c.gated)

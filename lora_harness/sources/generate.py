@@ -24,7 +24,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lora_harness.cases import EvalCase, Prompt, StepKind, safe_id
+from lora_harness.cases import CaseRole, EvalCase, Prompt, StepKind, checkpoint_order, safe_id
 from lora_harness.prompts import parse_prompt_lines, read_prompt_file
 
 DEFAULT_SEED = 42
@@ -116,10 +116,6 @@ class GeneratedCase(EvalCase):
     lora: Path | None = None
     lora_scale: float = 1.0
 
-    @property
-    def is_baseline(self) -> bool:
-        return self.extra.get("role") == "baseline"
-
 
 @dataclass(frozen=True)
 class LoraCheckpoint:
@@ -181,7 +177,7 @@ def find_checkpoints(
                     "remove one from `lora`, or set `final_step` on the source if the final file's metadata is wrong"
                 )
             checkpoints[(name, kind, number)] = ckpt  # type: ignore[index]
-    return sorted(checkpoints.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step))
+    return sorted(checkpoints.values(), key=checkpoint_order)
 
 
 def _sibling_kinds(path: Path, name: str) -> set[Any]:
@@ -438,8 +434,8 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
                     f"{c.step_kind} {c.training_step}; drop `loraname` or list files of one training run"
                 )
     prompts = source_prompts(source)
-    entries: list[tuple[LoraCheckpoint | None, str, dict[str, str]]] = [
-        (c, c.loraname, {"lora_problem": c.problem} if c.problem else {}) for c in checkpoints
+    entries: list[tuple[LoraCheckpoint | None, str, CaseRole, dict[str, str]]] = [
+        (c, c.loraname, "lora", {"lora_problem": c.problem} if c.problem else {}) for c in checkpoints
     ]
     baseline = baseline_of(source)
     if baseline is not None:
@@ -448,18 +444,17 @@ def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[Gen
             raise GenerateSourceError(
                 f"the baseline is named {name!r} like the LoRA under test; set `baseline_name` to tell them apart"
             )
-        entries.append((base, name, {"role": "baseline", **({"lora_problem": base.problem} if base and base.problem else {})}))
+        entries.append((base, name, "baseline", {"lora_problem": base.problem} if base and base.problem else {}))
     cases: list[GeneratedCase] = []
-    for ckpt, loraname, extra in entries:
-        is_base = extra.get("role") == "baseline"
-        variant = loraname if is_base else (source.name or loraname)  # a baseline is its own variant in reports
+    for ckpt, loraname, role, extra in entries:
+        variant = loraname if role == "baseline" else (source.name or loraname)  # a baseline is its own variant in reports
         step, kind = (ckpt.training_step, ckpt.step_kind) if ckpt is not None else (0, "step")
         for prompt in prompts:
             seeds = source.seeds or [prompt.seed if prompt.seed is not None else DEFAULT_SEED]
             for seed in seeds:
                 case = GeneratedCase(
                     loraname=loraname, training_step=step, step_kind=kind, prompt=replace(prompt, seed=seed),
-                    image_path=Path(), seed=seed, variant=variant, extra=dict(extra),
+                    image_path=Path(), seed=seed, variant=variant, role=role, extra=dict(extra),
                     lora=ckpt.path if ckpt is not None else None, lora_scale=source.scale,
                 )
                 cases.append(replace(case, image_path=image_path(run_dir, loraname, case.step_label, prompt.prompt_id, seed)))

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_harness.cases import EvalCase, Prompt
+from lora_harness.cases import EvalCase, Prompt, case_order
 from lora_harness.prompts import read_prompt_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -121,7 +121,7 @@ def collect_sample_cases(
         )
     if not cases:
         raise SampleFolderError(f"{folder}: no kohya sample images left after ignoring unmatched files")
-    return sorted(cases.values(), key=lambda c: (c.loraname, c.step_kind, c.training_step, c.prompt_id, c.seed or 0))
+    return sorted(cases.values(), key=case_order)
 
 
 def sample_files(folder: Path) -> list[Path]:

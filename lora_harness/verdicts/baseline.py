@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Sequenc
 
 import pandas as pd
 
-from lora_harness.cases import Checkpoint
+from lora_harness.cases import Checkpoint, checkpoint_order
 from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
-from lora_harness.report.csv import ScoresCsvError, metric_columns, read_scores_csv
+from lora_harness.scores_csv import ScoresCsvError, metric_columns, read_scores_csv
 from lora_harness.verdicts.gate_check import enforce
 from lora_harness.verdicts.outcome import Decision, Policy, Verdict, decide
 from lora_harness.verdicts.stats import PairedDifference, paired_difference
@@ -425,13 +425,13 @@ class BaselinePlan:
         if cfg.lora is not None:
             if cfg.step is not None:
                 return self._own(cfg.lora, cfg.step, candidate.step_kind)  # type: ignore[return-value]
-            gated = sorted(gated_of(cfg.lora), key=lambda c: (c.step_kind, c.training_step))
+            gated = sorted(gated_of(cfg.lora), key=checkpoint_order)
             if not gated:
                 raise BaselineError(f"baseline LoRA {cfg.lora!r} has no gated checkpoint to compare with; set baseline.step")
             same = [c for c in gated if (c.training_step, c.step_kind) == (candidate.training_step, candidate.step_kind)]
             return same[0] if same else gated[-1]
         name = self.stored_name(candidate.loraname)
-        have = sorted({o.checkpoint for o in self.stored or () if o.loraname == name}, key=lambda c: (c.step_kind, c.training_step))
+        have = sorted({o.checkpoint for o in self.stored or () if o.loraname == name}, key=checkpoint_order)
         if cfg.step is not None:
             match = [c for c in have if c.training_step == cfg.step]
             if not match:
@@ -442,7 +442,7 @@ class BaselinePlan:
 
     def compare(self, harness: "Harness", candidate: Checkpoint, metric: str) -> Comparison:
         """Score (or read) both sides of one candidate checkpoint and compare them on one metric."""
-        base_ckpt = self.baseline_checkpoint(candidate, lambda name: [c for c in harness.checkpoints if c.loraname == name and harness.is_gated(c)])
+        base_ckpt = self.baseline_checkpoint(candidate, harness.gated_of)
         cand_obs = self._run_observations(harness, candidate, metric)
         if self.config.lora is not None:
             base_obs = self._run_observations(harness, base_ckpt, metric)

@@ -17,10 +17,9 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import CHECK_ROLES, MEMORIZATION
+from lora_harness.cases import CHECK_ROLES, Checkpoint, step_label
+from lora_harness.checks.cases import MEMORIZATION
 from lora_harness.config import BestConfig, ConfigError, check_metric_names
-from lora_harness.report.csv import step_label
 from lora_harness.store import ScoreRow
 
 

@@ -11,7 +11,7 @@ from statistics import NormalDist
 from dataclasses import dataclass
 from typing import Collection, Iterable, Mapping, Sequence
 
-from lora_harness.cases import Checkpoint
+from lora_harness.cases import Checkpoint, latest_per_lora
 from lora_harness.config import GateSpec, StatsConfig, Threshold
 from lora_harness.judges.base import Score
 from lora_harness.verdicts.outcome import Decision, Verdict, decide
@@ -193,11 +193,6 @@ def gated_checkpoints(
             raise ValueError("gate 'best' is chosen from scores: pass best={loraname: checkpoint} (see best_checkpoint)")
         return {ckpt for ckpt in checkpoints if best.get(ckpt.loraname) == ckpt}
     if spec == "latest":
-        latest: dict[str, Checkpoint] = {}
-        for ckpt in checkpoints:
-            newest = latest.get(ckpt.loraname)
-            if newest is None or (ckpt.step_kind, ckpt.training_step) > (newest.step_kind, newest.training_step):
-                latest[ckpt.loraname] = ckpt
-        return set(latest.values())
+        return set(latest_per_lora(checkpoints).values())
     steps = set(spec)
     return {ckpt for ckpt in checkpoints if ckpt.training_step in steps}
