@@ -5,6 +5,7 @@ The only module of the verdict layer that imports pytest; the decision itself is
 
 from __future__ import annotations
 
+import warnings
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -33,8 +34,6 @@ def enforce(verdict: Verdict, where: str, policy: Policy = Policy(), *, label: s
         properties.append((VERDICT_PROPERTY, {"where": where, "decision": verdict.decision, "gated": verdict.gated}))
     if outcome == "pass":
         if verdict.decision == "inconclusive":  # `[gate] inconclusive = "pass"`: passes, and says so
-            import warnings
-
             warnings.warn(f"lora-harness: passed by `[gate] inconclusive = \"pass\"`: {verdict.message(where)}", stacklevel=2)
         return
     message = verdict.message(where)

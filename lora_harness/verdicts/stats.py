@@ -96,7 +96,7 @@ def on_grid(data: np.ndarray) -> bool:
 
 
 def mean_ci(
-    values: Sequence[float | None], *, confidence: float = DEFAULT_CONFIDENCE, sd_floor: float = DEFAULT_SD_FLOOR, **_: Any
+    values: Sequence[float | None], *, confidence: float = DEFAULT_CONFIDENCE, sd_floor: float = DEFAULT_SD_FLOOR
 ) -> MeanCI:
     """The interval that fits the values: exact binomial for 0/1 values, else Student t (see module doc).
 
@@ -130,7 +130,7 @@ def _t_quantile(confidence: float, df: int) -> float:
 
 def aggregate(
     values_by_metric: Mapping[str, Sequence[float | None]], *, confidence: float = DEFAULT_CONFIDENCE,
-    sd_floor: float = DEFAULT_SD_FLOOR, **_: Any,
+    sd_floor: float = DEFAULT_SD_FLOOR,
 ) -> dict[str, MeanCI]:
     """One `MeanCI` per metric over a checkpoint's images."""
     return {m: mean_ci(v, confidence=confidence, sd_floor=sd_floor) for m, v in values_by_metric.items()}
@@ -175,7 +175,6 @@ def paired_difference(
     *,
     confidence: float = DEFAULT_CONFIDENCE,
     sd_floor: float = DEFAULT_SD_FLOOR,
-    **_: Any,
 ) -> PairedDifference:
     """Mean difference with a paired interval: per-prompt difficulty, shared by both sides, cancels out.
     Position i of both sequences must be the same case."""
@@ -227,15 +226,15 @@ def _paired_binary_ci(cand: np.ndarray, base: np.ndarray, confidence: float) -> 
     mean = float(d.mean())
     std = float(d.std(ddof=1)) if n > 1 else 0.0
     alpha = (1 - confidence) / 2
-    low = _boundary(lambda delta: _paired_p_upper(n, b, c, delta) <= alpha, mean, -1.0)
-    high = _boundary(lambda delta: _paired_p_lower(n, b, c, delta) <= alpha, mean, 1.0)
+    low = _boundary(lambda delta: _tail_max(n, b, c, delta, upper=True) <= alpha, mean, -1.0)
+    high = _boundary(lambda delta: _tail_max(n, b, c, delta, upper=False) <= alpha, mean, 1.0)
     return MeanCI(mean, std, n, low, high, confidence, METHOD_PAIRED_EXACT)
 
 
 def paired_binary_pvalues(n: int, b: int, c: int, delta: float) -> tuple[float, float]:
     """(P of a result at least this good, P of one at least this bad) maximised over the nuisance, at
     true difference `delta`: the one-sided p-values a non-inferiority pass and fail are decided with."""
-    return _paired_p_upper(n, b, c, delta), _paired_p_lower(n, b, c, delta)
+    return _tail_max(n, b, c, delta, upper=True), _tail_max(n, b, c, delta, upper=False)
 
 
 @lru_cache(maxsize=64)
@@ -266,14 +265,6 @@ def _tail_max(n: int, b: int, c: int, delta: float, upper: bool) -> float:
     bs_, cs_, rest = bs[extreme], cs[extreme], n - bs[extreme] - cs[extreme]
     logp = logcoef[extreme] + xlogy(bs_, qp) + xlogy(cs_, qm) + xlogy(rest, q0)
     return float(min(np.exp(logp).sum(axis=1).max(initial=0.0), 1.0))
-
-
-def _paired_p_upper(n: int, b: int, c: int, delta: float) -> float:
-    return _tail_max(n, b, c, delta, upper=True)
-
-
-def _paired_p_lower(n: int, b: int, c: int, delta: float) -> float:
-    return _tail_max(n, b, c, delta, upper=False)
 
 
 def _boundary(rejects: Any, inside: float, outside: float, *, steps: int = 16) -> float:
