@@ -25,6 +25,7 @@ from lora_harness.checks import targets as lora_checks
 from lora_harness.training_hook import parse_set_option
 from lora_harness.config import ConfigError, EvalConfig, load_config
 from lora_harness.verdicts.gate_check import VERDICT_PROPERTY, Gate, Unjudged, current_properties
+from lora_harness.verdicts.outcome import verdicts_of
 from lora_harness.harness import Harness
 from lora_harness.judges import Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
@@ -911,8 +912,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
         rows = list(read_rows(run_dir, run_id=state.run_id))
         tr.write_sep("=", f"lora-harness: {eval_config.run.name} (run {state.run_id})")
         view = terminal_view(rows, eval_config, state.checkpoints | set(state._harness.checkpoints if state._harness else ()))
+        view.test_verdicts = verdicts_of(state.verdicts)
         tr.write_line(format_table(view))
-        tr.write_line(verdict_line(view, state.verdicts))
+        tr.write_line(verdict_line(view))
         for line in view.best_lines:
             tr.write_line(line)
         for line in llm_cost_lines(rows):  # tokens and cost of LLM judges (each API call counted once)

@@ -6,10 +6,7 @@ from the verdict layer's one rule; the table, the report, `run.json` and the tes
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
-
 from lora_harness.report.view import CheckpointView, ReportView
-from lora_harness.verdicts.outcome import run_badge, verdicts_of
 
 LEGEND = (
     "* gated checkpoint   ! fails the per-checkpoint minimum   ? inconclusive (the interval straddles the minimum)   "
@@ -51,11 +48,10 @@ def format_table(view: ReportView) -> str:
     return "\n".join(lines)
 
 
-def verdict_line(view: ReportView, test_verdicts: Sequence[Mapping[str, Any]] = ()) -> str:
-    """The run's word and the gated decisions that made it: checkpoints from the scores, and the verdicts
-    the session's other gate tests (baseline, snapshot, LoRA checks) recorded."""
-    badge = run_badge([*view.verdicts(), *verdicts_of(test_verdicts)], has_rules=view.has_thresholds or bool(test_verdicts))
+def verdict_line(view: ReportView) -> str:
+    """The run's word (`view.badge`) and the gated decisions that made it: checkpoints from the scores, and
+    the verdicts the session's other gate tests (baseline, snapshot, LoRA checks) recorded."""
     undecided = [f"{ck.loraname} {ck.step}: {ck.status}" for ck in view.checkpoints if ck.gated and ck.status != "pass"]
-    undecided += [f"{v['where']}: {v['decision']}" for v in test_verdicts if v.get("gated") and v.get("decision") != "pass"]
+    undecided += [f"{v.lines[0] if v.lines else ''}: {v.decision}" for v in view.test_verdicts if v.gated and v.decision != "pass"]
     detail = "; ".join(dict.fromkeys(undecided))
-    return f"verdict: {badge.upper()}" + (f" ({detail})" if detail else "")
+    return f"verdict: {view.badge.upper()}" + (f" ({detail})" if detail else "")
