@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 from lora_harness.generation.cache import (  # noqa: E402
     CacheKey, _check_decoded, check_cached, pixel_digest, save_png, stored_digest,
 )
-from lora_harness.images import load_rgb  # noqa: E402
+from lora_harness.core.images import load_rgb  # noqa: E402
 
 
 def photo_like(size: int, seed: int) -> Image.Image:

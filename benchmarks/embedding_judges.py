@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from lora_harness.cases import EvalCase, Prompt  # noqa: E402
+from lora_harness.core.cases import EvalCase, Prompt  # noqa: E402
 from lora_harness.judges import create_judge  # noqa: E402
 from lora_harness.judges.base import JudgeContext  # noqa: E402
 

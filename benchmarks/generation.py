@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from lora_harness.cases import Prompt  # noqa: E402
+from lora_harness.core.cases import Prompt  # noqa: E402
 from lora_harness.generation.engine import ImageGenerator  # noqa: E402
 from lora_harness.generation.pipeline import Target, load_pipeline  # noqa: E402
 from lora_harness.generation.settings import PipelineConfig  # noqa: E402

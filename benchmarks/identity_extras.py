@@ -28,8 +28,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from face_images import astronaut, canvas_with_face, lfw_face  # noqa: E402
-from lora_harness.audit import audit_images, audit_references  # noqa: E402
-from lora_harness.diversity import image_embeddings, mean_pairwise_cosine_distance, vendi_score  # noqa: E402
+from lora_harness.analyses.reference_audit import audit_images, audit_references  # noqa: E402
+from lora_harness.analyses.diversity_metrics import image_embeddings, mean_pairwise_cosine_distance, vendi_score  # noqa: E402
 from lora_harness.judges import JudgeContext  # noqa: E402
 from lora_harness.judges.face_identity import FaceIdentityJudge  # noqa: E402
 from lora_harness.judges.pose import head_pose  # noqa: E402

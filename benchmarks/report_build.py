@@ -58,7 +58,7 @@ def base_images(folder: Path, count: int = 20, size: int = 512) -> list[Path]:
 
 def make_run(root: Path) -> tuple[Path, int, int]:
     from lora_harness.report.manifest import RunManifest, write_manifest
-    from lora_harness.store import ScoreRow, ScoreStore
+    from lora_harness.run.store import ScoreRow, ScoreStore
 
     samples, run_dir = root / "samples", root / "reports" / "bench"
     samples.mkdir(parents=True)
@@ -118,7 +118,7 @@ def thumbnails_while_judging(run_dir: Path, max_px: int) -> float:
     import numpy as np
 
     from lora_harness.report.thumbs import THUMBS_DIRNAME, thumbnail_while_judging
-    from lora_harness.store import latest_rows, read_rows
+    from lora_harness.run.store import latest_rows, read_rows
 
     shutil.rmtree(run_dir / THUMBS_DIRNAME)
     images = {row.case_key: Path(row.image) for row in latest_rows(read_rows(run_dir))}

@@ -33,9 +33,9 @@ from scipy import optimize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lora_harness.config import StatsConfig, Threshold  # noqa: E402
+from lora_harness.core.config import StatsConfig, Threshold  # noqa: E402
 from lora_harness.verdicts.baseline import compare_paired  # noqa: E402
-from lora_harness.verdicts.gates import checkpoint_findings  # noqa: E402
+from lora_harness.verdicts.thresholds import checkpoint_findings  # noqa: E402
 from lora_harness.verdicts.sequential import look_confidence, planned_rounds  # noqa: E402
 from lora_harness.verdicts.stats import mean_ci  # noqa: E402
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from lora_harness.store import ScoreRow, ScoreStore
+from lora_harness.run.store import ScoreRow, ScoreStore
 
 XSS = "<script>alert('x')</script>"
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from llm_server import FakeOpenAIServer
 from llm_suite import write_suite
-from lora_harness.config import GateConfig, StatsConfig, load_config
-from lora_harness.harness import Harness
+from lora_harness.core.config import GateConfig, StatsConfig, load_config
+from lora_harness.run.harness import Harness
 from lora_harness.verdicts.sequential import decision_stats, look_confidence, planned_rounds, repeat_rounds
 
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lora_harness.agreement import AgreementError, agreement
+from lora_harness.analyses.agreement import AgreementError, agreement
 from lora_harness.verdicts.baseline import Observation
-from lora_harness.cli import main
+from lora_harness.cli.main import main
 
 STUDY = Path("/work/shared/reference/seed_results")
 

@@ -12,7 +12,7 @@ from PIL import Image
 from skimage import data
 
 from face_images import astronaut, lfw_face
-from lora_harness.audit import (
+from lora_harness.analyses.reference_audit import (
     DUPLICATE,
     NO_FACE,
     OTHER_PERSON,
@@ -22,7 +22,7 @@ from lora_harness.audit import (
     leave_one_out,
     near_duplicates,
 )
-from lora_harness.cli import main
+from lora_harness.cli.main import main
 
 pytest.importorskip("dlib", reason="the audit needs the `face` extra (dlib-bin, face_recognition_models)")
 

@@ -21,10 +21,10 @@ from lora_harness.verdicts.baseline import (
     default_margin,
     read_observations,
 )
-from lora_harness.cases import Checkpoint
-from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, parse_config
-from lora_harness.harness import Harness
-from lora_harness.targets import comparison_targets, resolve, xdist_groups
+from lora_harness.core.cases import Checkpoint
+from lora_harness.core.config import BaselineConfig, ConfigError, StatsConfig, parse_config
+from lora_harness.run.harness import Harness
+from lora_harness.plugin.regression_targets import comparison_targets, resolve, xdist_groups
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "fixtures" / "demo"

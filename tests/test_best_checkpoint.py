@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from lora_harness.verdicts.best_checkpoint import check_best_config, choose_best, means_from_rows
-from lora_harness.cases import Checkpoint
-from lora_harness.config import BestConfig, ConfigError, load_config
-from lora_harness.verdicts.gates import gated_checkpoints
-from lora_harness.harness import Harness
-from lora_harness.store import ScoreRow
+from lora_harness.core.cases import Checkpoint
+from lora_harness.core.config import BestConfig, ConfigError, load_config
+from lora_harness.verdicts.thresholds import gated_checkpoints
+from lora_harness.run.harness import Harness
+from lora_harness.run.store import ScoreRow
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = list(range(200, 3001, 200))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lora_harness.cases import Checkpoint, EvalCase, Prompt, case_order, checkpoint_order, latest_per_lora
-from lora_harness.verdicts.gates import gated_checkpoints
+from lora_harness.core.cases import Checkpoint, EvalCase, Prompt, case_order, checkpoint_order, latest_per_lora
+from lora_harness.verdicts.thresholds import gated_checkpoints
 
 
 def _case(lora: str, step: int, prompt: str = "00", seed: int | None = None, **kw) -> EvalCase:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lora_harness.cases import EvalCase, Prompt
-from lora_harness.cli import main
+from lora_harness.core.cases import EvalCase, Prompt
+from lora_harness.cli.main import main
 from lora_harness.judges.base import Score
 from lora_harness.report.csv import read_scores_csv
-from lora_harness.store import ScoreRow, ScoreStore
+from lora_harness.run.store import ScoreRow, ScoreStore
 
 PROMPTS = "<tok> portrait\n<tok> on a bench\n"
 

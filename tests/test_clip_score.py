@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from skimage import data
 
-from lora_harness.cases import EvalCase, Prompt
+from lora_harness.core.cases import EvalCase, Prompt
 from lora_harness.judges import JudgeContext, create_judge
 from lora_harness.judges.clip_score import ClipScoreJudge, replace_trigger
-from lora_harness.models import ModelError, ModelUnavailable
+from lora_harness.judges.model_loading import ModelError, ModelUnavailable
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -188,7 +188,7 @@ def test_bad_options_fail_at_construction(options: dict, message: str) -> None:
 
 
 def test_the_loaded_model_is_shared_by_judges_in_one_process(clip_dir: Path) -> None:
-    from lora_harness.models import cached
+    from lora_harness.judges.model_loading import cached
 
     a = ClipScoreJudge(model=str(clip_dir))
     b = ClipScoreJudge(model=str(clip_dir), batch_size=3)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lora_harness.config import ConfigError, EvalConfig, load_config, parse_config
-from lora_harness.images import DEFAULT_PIXEL_LIMIT
+from lora_harness.core.config import ConfigError, EvalConfig, load_config, parse_config
+from lora_harness.core.images import DEFAULT_PIXEL_LIMIT
 
 REPO = Path(__file__).resolve().parents[1]
 

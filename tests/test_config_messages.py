@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.config import load_config
-from lora_harness.harness import Harness
+from lora_harness.core.config import load_config
+from lora_harness.run.harness import Harness
 
 DEMO = Path(__file__).resolve().parents[1] / "fixtures" / "demo"
 

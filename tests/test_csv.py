@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lora_harness.cases import EvalCase, Prompt
+from lora_harness.core.cases import EvalCase, Prompt
 from lora_harness.judges.base import Score
 from lora_harness.report.csv import (
     ID_COLUMNS,
@@ -23,7 +23,7 @@ from lora_harness.report.csv import (
     wide_frame,
     write_score_csvs,
 )
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 SEED_RESULTS = Path("/work/shared/reference/seed_results")
 

@@ -13,13 +13,13 @@ from PIL import Image
 from skimage import data
 
 from face_images import astronaut, lfw_face
-from lora_harness.cases import Checkpoint
+from lora_harness.core.cases import Checkpoint
 from lora_harness.checks.diversity import DiversityCheck, set_scores
-from lora_harness.checks.targets import params, run_check
-from lora_harness.config import ConfigError, parse_config
-from lora_harness.diversity import image_embeddings, mean_pairwise_cosine_distance, mean_pairwise_distance, vendi_score
-from lora_harness.harness import Harness
-from lora_harness.store import latest_rows, read_rows
+from lora_harness.checks.registry import params, run_check
+from lora_harness.core.config import ConfigError, parse_config
+from lora_harness.analyses.diversity_metrics import image_embeddings, mean_pairwise_cosine_distance, mean_pairwise_distance, vendi_score
+from lora_harness.run.harness import Harness
+from lora_harness.run.store import latest_rows, read_rows
 
 LORA = "person-lora"
 

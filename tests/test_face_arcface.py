@@ -19,7 +19,7 @@ from lora_harness.judges.face_arcface import (
     onnx_providers,
     similarity_transform,
 )
-from lora_harness.models import ModelError, ModelUnavailable, clear_cache
+from lora_harness.judges.model_loading import ModelError, ModelUnavailable, clear_cache
 
 pytest.importorskip("onnx", reason="the tiny test models are built with onnx.helper (pip install onnx)")
 pytest.importorskip("onnxruntime", reason="the arcface backend needs the `arcface` extra (onnxruntime)")

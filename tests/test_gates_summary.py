@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_harness.cases import Checkpoint, EvalCase, Prompt
-from lora_harness.config import Threshold
-from lora_harness.verdicts.gates import Finding, checkpoint_findings, gated_checkpoints, image_findings
+from lora_harness.core.cases import Checkpoint, EvalCase, Prompt
+from lora_harness.core.config import Threshold
+from lora_harness.verdicts.thresholds import Finding, checkpoint_findings, gated_checkpoints, image_findings
 from lora_harness.judges.base import Score
 from lora_harness.verdicts.stats import mean_ci
-from lora_harness.store import ScoreRow
-from lora_harness.summary import format_table, verdict_line
+from lora_harness.run.store import ScoreRow
+from lora_harness.plugin.terminal_table import format_table, verdict_line
 
 THRESHOLDS = {
     "spectral_score": Threshold(image=0.5, checkpoint=0.6),

@@ -107,8 +107,8 @@ def test_generation_sharded_by_slurm_array_merges_to_the_unsharded_run(pytester:
     """`--lora-shard auto` on generate sources: two Slurm array tasks (processes with SLURM_ARRAY_* set) each
     generate their checkpoints into their own run folder; `lora-harness merge` equals the unsharded run."""
     pytest.importorskip("jinja2")
-    from lora_harness.cli import main
-    from lora_harness.store import latest_rows, read_rows
+    from lora_harness.cli.main import main
+    from lora_harness.run.store import latest_rows, read_rows
 
     out = pytester.path / "output"
     tiny_flux.write_kohya_sweep(out, name="me", epochs=(1, 2, 3), final=False)

@@ -124,7 +124,7 @@ def test_a_lora_with_zero_delta_is_an_error_naming_the_file(model_dir, files):
 
 
 def _cases(root: Path, lora: Path):
-    from lora_harness.config import parse_config
+    from lora_harness.core.config import parse_config
     from lora_harness.sources import collect_cases
 
     data = {"run": {"name": "t", "report_dir": str(root / "reports")}, "judges": [{"name": "image_stats"}],
@@ -208,7 +208,7 @@ def test_a_damaged_cached_png_is_regenerated_and_the_log_says_why(model_dir, fil
 
 
 def test_a_lora_whose_images_equal_the_base_models_fails_even_from_the_cache(model_dir, files, tmp_path):
-    from lora_harness.config import parse_config
+    from lora_harness.core.config import parse_config
     from generation_log import read_log
     from lora_harness.generation.engine import REFERENCE_DIRNAME, ImageGenerator
     from lora_harness.generation.errors import CaseGenerationError

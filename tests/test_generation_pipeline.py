@@ -25,14 +25,14 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
-from lora_harness.config import parse_config  # noqa: E402
+from lora_harness.core.config import parse_config  # noqa: E402
 from generation_log import read_log  # noqa: E402
 from lora_harness.generation.cache import stored_digest  # noqa: E402
 from lora_harness.generation.engine import ImageGenerator  # noqa: E402
 from lora_harness.generation.errors import CaseGenerationError, LoraFileError, LoraMismatchError, PipelineLoadError  # noqa: E402
 from lora_harness.generation.pipeline import Target, load_pipeline  # noqa: E402
 from lora_harness.generation.settings import PipelineConfig  # noqa: E402
-from lora_harness.harness import Harness  # noqa: E402
+from lora_harness.run.harness import Harness  # noqa: E402
 from lora_harness.sources import collect_cases  # noqa: E402
 
 PROMPTS = ["a photo of sks person --w 32 --h 32 --s 2", "sks person at the beach --w 48 --h 32 --s 2"]
@@ -313,7 +313,7 @@ def test_out_of_memory_is_reported_per_case_and_the_run_continues(model_dir, lor
         f'[[sources]]\nkind = "generate"\nlora = "{loras["epoch1"]}"\nprompts = {json.dumps(PROMPTS)}\nseeds = [3]\n'
         '[[judges]]\nname = "image_stats"\n'
     )
-    from lora_harness.config import load_config
+    from lora_harness.core.config import load_config
 
     harness = Harness(load_config(tmp_path / "lora_eval.toml"), run_id="r")
     ok, oom = harness.cases

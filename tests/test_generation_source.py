@@ -18,7 +18,7 @@ from PIL import Image
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
-from lora_harness.config import ConfigError, parse_config  # noqa: E402
+from lora_harness.core.config import ConfigError, parse_config  # noqa: E402
 from lora_harness.generation import cache  # noqa: E402
 from lora_harness.generation.errors import DeviceError  # noqa: E402
 from lora_harness.generation.pipeline import call_arguments, select_device, worker_index  # noqa: E402
@@ -293,9 +293,9 @@ def test_baselines_share_prompts_and_seeds_and_identical_ones_are_generated_once
 
 
 def test_baselines_are_references_never_gated(tmp_path):
-    from lora_harness.cases import Checkpoint
-    from lora_harness.verdicts.gates import gated_checkpoints
-    from lora_harness.harness import Harness
+    from lora_harness.core.cases import Checkpoint
+    from lora_harness.verdicts.thresholds import gated_checkpoints
+    from lora_harness.run.harness import Harness
     from lora_harness.report.view import Rules
     from lora_harness.sources.generate import baseline_names
 
@@ -339,8 +339,8 @@ def test_collection_does_not_import_torch_or_diffusers(tmp_path):
         '[[sources]]\nkind = "generate"\nlora = "."\nprompts = ["a"]\n[[judges]]\nname = "image_stats"\n'
     )
     code = (
-        "import sys; from pathlib import Path; from lora_harness.config import load_config; "
-        "from lora_harness.harness import Harness; "
+        "import sys; from pathlib import Path; from lora_harness.core.config import load_config; "
+        "from lora_harness.run.harness import Harness; "
         f"h = Harness(load_config(Path({str(tmp_path / 'lora_eval.toml')!r})), run_id='x'); "
         "print(len(h.cases), 'torch' in sys.modules, 'diffusers' in sys.modules)"
     )

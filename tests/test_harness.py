@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lora_harness.config import parse_config
-from lora_harness.harness import Harness
+from lora_harness.core.config import parse_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges.base import Score, register
-from lora_harness.store import read_rows
+from lora_harness.run.store import read_rows
 
 SECRET = "sk-test-harness-secret-0123456789"
 

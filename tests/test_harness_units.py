@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_harness.cases import Checkpoint
-from lora_harness.config import ConfigError, parse_config
-from lora_harness.harness import Harness
+from lora_harness.core.cases import Checkpoint
+from lora_harness.core.config import ConfigError, parse_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges.base import Score, register
-from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
-from lora_harness.store import read_rows
+from lora_harness.judges.model_loading import UNAVAILABLE_KEY, ModelUnavailable
+from lora_harness.run.store import read_rows
 
 CALLS: dict[str, int] = {}
 VALUE_BY_STEP = {100: 0.2, 200: 0.9, 300: 0.6}  # step 200 is the best checkpoint of every LoRA

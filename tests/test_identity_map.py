@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from lora_harness.audit import AuditEntry, ReferenceAudit
+from lora_harness.analyses.reference_audit import AuditEntry, ReferenceAudit
 from lora_harness.report.identity import identity_html, map_points, pca_2d, project_2d, yaw_points
 from report_rows import make_row
 

@@ -17,7 +17,7 @@ from lora_harness.judges.embedding import (
     mean_max,
     prepare_image,
 )
-from lora_harness.models import ModelError, ModelUnavailable
+from lora_harness.judges.model_loading import ModelError, ModelUnavailable
 from tiny_models import save_tiny_bert, save_tiny_clip, save_tiny_dinov2, save_tiny_vit
 
 # --- known answers: cosine, aggregation, image preparation (no model) ------------------------------------------

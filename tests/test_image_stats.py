@@ -17,7 +17,7 @@ skimage_data = pytest.importorskip("skimage.data")
 # Imported directly (not through lora_harness.judges) so that registration does not depend on the package
 # __init__; the import registers "image_stats".
 from lora_harness.judges import image_stats as ist  # noqa: E402
-from lora_harness.cases import EvalCase, Prompt  # noqa: E402
+from lora_harness.core.cases import EvalCase, Prompt  # noqa: E402
 from lora_harness.judges.base import Judge, JudgeContext, Score, create_judge  # noqa: E402
 
 CASE = EvalCase(loraname="person", training_step=1000, prompt=Prompt("00", "a photo of sks person"),

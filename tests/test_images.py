@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_harness.images import ImageError, load_rgb
+from lora_harness.core.images import ImageError, load_rgb
 
 
 def save(tmp_path: Path, image: Image.Image, name: str = "img.png", **kwargs) -> Path:

@@ -10,8 +10,8 @@ import pytest
 
 from llm_server import llm_server  # noqa: F401  (fixture)
 from llm_suite import LORA, assert_one_row_per_score, level, store_rows, write_suite
-from lora_harness.config import load_config
-from lora_harness.harness import Harness
+from lora_harness.core.config import load_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges.llm import rubrics
 from lora_harness.judges.llm.schemas import parse_criteria, parse_pair
 

@@ -12,13 +12,13 @@ import pytest
 
 from llm_server import FakeOpenAIServer, llm_server  # noqa: F401  (fixture)
 from llm_suite import LORA, METRICS, assert_one_row_per_score, level, store_rows, write_suite
-from lora_harness.cases import EvalCase, Prompt
-from lora_harness.config import load_config
-from lora_harness.harness import Harness
+from lora_harness.core.cases import EvalCase, Prompt
+from lora_harness.core.config import load_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges.base import JudgeContext, create_judge
 from lora_harness.judges.llm import LlmPairwiseJudge, LlmRubricJudge
 from lora_harness.judges.llm.pairwise import plan_comparison
-from lora_harness.models import ModelUnavailable
+from lora_harness.judges.model_loading import ModelUnavailable
 
 
 def run_harness(config: Path, run_id: str = "r1") -> tuple[Harness, list[dict]]:
@@ -332,7 +332,7 @@ def test_pairwise_selectors_explain_what_is_wrong():
 
 
 def test_comparison_verdict_uses_the_mean_and_margin_and_fails_on_judge_errors():
-    from lora_harness.cases import Checkpoint
+    from lora_harness.core.cases import Checkpoint
     from lora_harness.judges.base import Score
     from lora_harness.judges.llm.pairwise import Comparison, ComparisonResult
 

@@ -13,8 +13,8 @@ import pytest
 
 from llm_server import FakeOpenAIServer
 from llm_suite import LORA, METRICS, assert_one_row_per_score, store_rows, write_suite
-from lora_harness.config import load_config
-from lora_harness.harness import Harness
+from lora_harness.core.config import load_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges.llm.runwide import FatalFlag, RequestSlots, SharedRateLimiter
 from test_llm_e2e import clean_env, run
 
@@ -140,7 +140,7 @@ def test_a_claim_taken_just_after_another_worker_answered_reads_the_cache_again(
     not ask a second time (found by the -n 4 benchmark: 67 calls for 66 questions)."""
     import numpy as np
 
-    from lora_harness.cases import EvalCase, Prompt
+    from lora_harness.core.cases import EvalCase, Prompt
     from lora_harness.judges.base import JudgeContext
     from lora_harness.judges.llm import LlmRubricJudge
     from lora_harness.judges.llm.calls import CallRunner

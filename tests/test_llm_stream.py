@@ -12,9 +12,9 @@ import pytest
 
 from llm_server import FakeOpenAIServer
 from llm_suite import LORA, assert_one_row_per_score, store_rows, write_suite
-from lora_harness.cases import EvalCase, Prompt
-from lora_harness.config import load_config
-from lora_harness.harness import Harness
+from lora_harness.core.cases import EvalCase, Prompt
+from lora_harness.core.config import load_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges.base import JudgeContext
 from lora_harness.judges.llm import LlmRubricJudge
 from lora_harness.judges.llm.cost import summary_lines

@@ -25,17 +25,17 @@ from PIL import Image
 pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
-from lora_harness.cases import Checkpoint  # noqa: E402
+from lora_harness.core.cases import Checkpoint  # noqa: E402
 from lora_harness.checks.leakage import evaluate_leakage  # noqa: E402
 from lora_harness.checks.memorization import MemorizationCheck  # noqa: E402
 from lora_harness.checks.strength import evaluate_strength, scale_means  # noqa: E402
 from lora_harness.checks.result import CheckResult  # noqa: E402
-from lora_harness.checks.targets import params, run_check  # noqa: E402
-from lora_harness.config import ConfigError, parse_config  # noqa: E402
-from lora_harness.harness import Harness  # noqa: E402
+from lora_harness.checks.registry import params, run_check  # noqa: E402
+from lora_harness.core.config import ConfigError, parse_config  # noqa: E402
+from lora_harness.run.harness import Harness  # noqa: E402
 from lora_harness.judges import JudgeContext, create_judge  # noqa: E402
 from lora_harness.report.csv import write_score_csvs  # noqa: E402
-from lora_harness.store import latest_rows, read_rows  # noqa: E402
+from lora_harness.run.store import latest_rows, read_rows  # noqa: E402
 
 pytestmark = pytest.mark.slow  # builds and runs the tiny pipeline once for the module (a few seconds)
 

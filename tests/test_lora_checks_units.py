@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_harness.config import ConfigError, parse_config
-from lora_harness.harness import Harness
+from lora_harness.core.config import ConfigError, parse_config
+from lora_harness.run.harness import Harness
 from lora_harness.judges import JudgeContext, create_judge
 
 
@@ -69,10 +69,10 @@ def test_bad_check_sections_are_config_errors(tmp_path: Path, sections: dict, me
 
 
 def test_end_of_run_table_does_not_apply_trigger_thresholds_to_leakage_images() -> None:
-    from lora_harness.cases import EvalCase, Prompt
-    from lora_harness.config import Threshold
+    from lora_harness.core.cases import EvalCase, Prompt
+    from lora_harness.core.config import Threshold
     from lora_harness.judges import Score
-    from lora_harness.store import ScoreRow
+    from lora_harness.run.store import ScoreRow
     from lora_harness.report.view import Rules, build_view
 
     def row(loraname: str, variant: str | None, value: float) -> ScoreRow:
@@ -88,9 +88,9 @@ def test_end_of_run_table_does_not_apply_trigger_thresholds_to_leakage_images() 
 
 def test_best_checkpoint_from_rows_ignores_check_rows() -> None:
     from lora_harness.verdicts.best_checkpoint import means_from_rows
-    from lora_harness.cases import Checkpoint, EvalCase, Prompt
+    from lora_harness.core.cases import Checkpoint, EvalCase, Prompt
     from lora_harness.judges import Score
-    from lora_harness.store import ScoreRow
+    from lora_harness.run.store import ScoreRow
 
     def row(loraname: str, variant: str | None, metric: str, judge: str) -> ScoreRow:
         case = EvalCase(loraname, 10, Prompt("00", "p"), Path("x.png"), seed=1, variant=variant)

@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("jinja2")
 
-from lora_harness.cli import main  # noqa: E402
-from lora_harness.config import load_config  # noqa: E402
+from lora_harness.cli.main import main  # noqa: E402
+from lora_harness.core.config import load_config  # noqa: E402
 from lora_harness.report.manifest import RunManifest, SessionRecord, config_hash, read_manifest, write_manifest  # noqa: E402
 from lora_harness.report.merge import MergeError, merge_runs  # noqa: E402
 from lora_harness.report.thumbs import thumbnail_name, thumbs_dir  # noqa: E402
-from lora_harness.sharding import Shard, ShardError, assign, split  # noqa: E402
-from lora_harness.store import latest_rows, read_rows  # noqa: E402
+from lora_harness.run.sharding import Shard, ShardError, assign, split  # noqa: E402
+from lora_harness.run.store import latest_rows, read_rows  # noqa: E402
 from report_rows import make_row, write_image, write_store  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

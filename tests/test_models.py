@@ -13,10 +13,10 @@ import pytest
 from lora_harness.verdicts.outcome import Policy
 from skimage import data
 
-from lora_harness.config import load_config
-from lora_harness.verdicts.gate_check import Gate
-from lora_harness.harness import Harness
-from lora_harness.models import (
+from lora_harness.core.config import load_config
+from lora_harness.verdicts.enforce import Gate
+from lora_harness.run.harness import Harness
+from lora_harness.judges.model_loading import (
     UNAVAILABLE_KEY,
     ModelError,
     ModelUnavailable,
@@ -130,7 +130,7 @@ def test_cached_builds_once_per_key() -> None:
 @pytest.mark.slow
 def test_importing_the_package_imports_no_model_library() -> None:
     code = (
-        "import sys, lora_harness, lora_harness.judges, lora_harness.harness, lora_harness.plugin;"
+        "import sys, lora_harness, lora_harness.judges, lora_harness.run.harness, lora_harness.plugin;"
         "print(sorted(m for m in ('torch', 'transformers', 'torchmetrics', 'dlib') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
@@ -259,7 +259,7 @@ def test_face_identity_scores_the_demo_and_a_faceless_image_is_missing_not_zero(
 
 def test_cpu_threads_are_shared_among_xdist_workers(monkeypatch: pytest.MonkeyPatch) -> None:
     torch = pytest.importorskip("torch")
-    from lora_harness.models import apply_cpu_threads, check_threads_spec
+    from lora_harness.judges.model_loading import apply_cpu_threads, check_threads_spec
 
     before = torch.get_num_threads()
     try:
@@ -278,7 +278,7 @@ def test_cpu_threads_are_shared_among_xdist_workers(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_relative_folder_that_is_missing_is_named_in_the_hub_message(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from lora_harness.models import load_pretrained
+    from lora_harness.judges.model_loading import load_pretrained
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -297,9 +297,9 @@ def test_a_per_image_judge_without_its_model_raises_unavailable_through_judge_ma
     """Only judges with judge_batch used to reach the harness's skip path; plain judges must too."""
     import numpy as np
 
-    from lora_harness.cases import EvalCase, Prompt
+    from lora_harness.core.cases import EvalCase, Prompt
     from lora_harness.judges.base import JudgeContext, judge_many
-    from lora_harness.models import ModelUnavailable
+    from lora_harness.judges.model_loading import ModelUnavailable
 
     class NoModel:
         name, version, metrics = "no_model", "1", ["m"]

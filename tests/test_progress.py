@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_harness.progress import PhaseProgress, format_duration
+from lora_harness.run.progress import PhaseProgress, format_duration
 
 
 class Clock:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.cases import Prompt
-from lora_harness.prompts import PromptFileError, PromptFileWarning, parse_prompt_line, read_prompt_file
+from lora_harness.core.cases import Prompt
+from lora_harness.core.prompts import PromptFileError, PromptFileWarning, parse_prompt_line, read_prompt_file
 
 REFERENCE_TRAINING = Path("/work/shared/reference/seed_training")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.prompts import PromptFileError, PromptFileWarning, line_to_prompt_dict, read_prompt_file
+from lora_harness.core.prompts import PromptFileError, PromptFileWarning, line_to_prompt_dict, read_prompt_file
 
 
 def prompts_of(tmp_path: Path, text: str, name: str = "sample_prompts.txt") -> list[tuple]:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lora_harness.xdist_scope import param_id, scope_for
+from lora_harness.plugin.xdist_scheduler import param_id, scope_for
 from test_plugin_e2e import run, write_suite
 
 pytestmark = pytest.mark.slow
@@ -130,8 +130,8 @@ def test_scope_comes_from_the_parameter_id(nodeid: str, expected: str) -> None:
 
 
 def test_stale_sections_only_with_names_absent_or_a_single_lora(tmp_path: Path) -> None:
-    from lora_harness.config import parse_config
-    from lora_harness.stale_sections import stale_sections, without_stale
+    from lora_harness.core.config import parse_config
+    from lora_harness.core.stale_sections import stale_sections, without_stale
 
     config = parse_config(
         {"sources": [{"path": "x"}], "baseline": {"lora": "r4"},

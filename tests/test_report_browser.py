@@ -20,7 +20,7 @@ from selenium.common.exceptions import NoAlertPresentException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-from lora_harness.config import Threshold  # noqa: E402
+from lora_harness.core.config import Threshold  # noqa: E402
 from lora_harness.report.html import build_html_report  # noqa: E402
 from lora_harness.report.manifest import RunManifest  # noqa: E402
 from report_rows import XSS, sweep_rows  # noqa: E402

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from lora_harness.config import Threshold
+from lora_harness.core.config import Threshold
 from lora_harness.report.html import ReportOptions, build_html_report
 from lora_harness.report.scale_plots import scale_plots, split_scale_name
 from lora_harness.report.view import Rules
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 from report_rows import XSS, make_row, write_image
 
 METRIC = "memorization_clip_i_max"

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("jinja2")
 
-from lora_harness.config import Threshold  # noqa: E402
+from lora_harness.core.config import Threshold  # noqa: E402
 from lora_harness.report.build import report_csvs  # noqa: E402
 from lora_harness.report.from_csv import rows_from_csv  # noqa: E402
 from lora_harness.report.html import build_html_report  # noqa: E402

@@ -15,18 +15,18 @@ from PIL import Image
 
 pytest.importorskip("jinja2")
 
-from lora_harness.cli import main  # noqa: E402
-from lora_harness.config import BestConfig, Threshold  # noqa: E402
+from lora_harness.cli.main import main  # noqa: E402
+from lora_harness.core.config import BestConfig, Threshold  # noqa: E402
 from lora_harness.report.build import report_csvs, report_run  # noqa: E402
 from lora_harness.report.csv import ScoresCsvError, write_score_csvs  # noqa: E402
 from lora_harness.report.from_csv import rows_from_csv  # noqa: E402
 from lora_harness.report.html import ReportOptions, build_html_report  # noqa: E402
 from lora_harness.report.manifest import RunManifest, SessionRecord, write_manifest  # noqa: E402
 from lora_harness.report.plots import ALL_PROMPTS, rolling_means, score_frame, trend_plots  # noqa: E402
-from lora_harness.redact import REDACTED  # noqa: E402
+from lora_harness.core.redact import REDACTED  # noqa: E402
 from lora_harness.report.view import Rules, build_view  # noqa: E402
 from lora_harness.verdicts.stats import mean_ci  # noqa: E402
-from lora_harness.store import latest_rows, read_rows  # noqa: E402
+from lora_harness.run.store import latest_rows, read_rows  # noqa: E402
 from report_rows import XSS, make_row, sweep_rows, write_store  # noqa: E402
 
 STUDY = Path("/work/shared/reference/seed_results")
@@ -311,7 +311,7 @@ def test_checkpoint(lora_checkpoint, lora_gate):
 
 @pytest.mark.slow
 def test_pytest_run_writes_report_manifest_and_prints_the_path(pytester: pytest.Pytester) -> None:
-    from lora_harness.config import load_config
+    from lora_harness.core.config import load_config
     from lora_harness.report.manifest import config_hash, read_manifest
 
     demo = Path(__file__).resolve().parents[1] / "fixtures" / "demo" / "samples" / "personal-lora-demo-r32"
@@ -369,7 +369,7 @@ def test_many_thumbnails_are_made_in_worker_processes(tmp_path: Path, monkeypatc
 
 
 def test_report_config_section_is_validated(tmp_path: Path) -> None:
-    from lora_harness.config import ConfigError, load_config
+    from lora_harness.core.config import ConfigError, load_config
 
     (tmp_path / "samples").mkdir()
     config = tmp_path / "lora_eval.toml"
@@ -386,7 +386,7 @@ def test_report_config_section_is_validated(tmp_path: Path) -> None:
 def test_thumbnail_while_judging_uses_the_pixels_once_and_never_raises(tmp_path: Path) -> None:
     import numpy as np
 
-    from lora_harness.images import ImageError
+    from lora_harness.core.images import ImageError
     from lora_harness.report.thumbs import thumbnail_name, thumbnail_while_judging
     from report_rows import write_image
 

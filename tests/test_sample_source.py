@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.config import parse_config
+from lora_harness.core.config import parse_config
 from lora_harness.sources import collect_cases
 from lora_harness.sources.samples import (
     EXPECTED_PATTERN,

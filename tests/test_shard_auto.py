@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.sharding import Shard, ShardError, from_environment, resolve, run_name_suffix
+from lora_harness.run.sharding import Shard, ShardError, from_environment, resolve, run_name_suffix
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,7 +94,7 @@ def test_auto_shards_as_processes_merged_equal_the_unsharded_run(pytester: pytes
     pytest.importorskip("jinja2")
     from test_merge_shard import _pytest, _suite, values
 
-    from lora_harness.cli import main
+    from lora_harness.cli.main import main
     from lora_harness.report.manifest import read_manifest
 
     config = _suite(pytester.path)

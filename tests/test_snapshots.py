@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("syrupy", reason="snapshots need syrupy (the 'report' extra)")
 
-from lora_harness.cases import Checkpoint  # noqa: E402
-from lora_harness.config import SnapshotConfig  # noqa: E402
+from lora_harness.core.cases import Checkpoint  # noqa: E402
+from lora_harness.core.config import SnapshotConfig  # noqa: E402
 from lora_harness.verdicts.snapshots import compare_snapshot, extension_for, snapshot_data  # noqa: E402
 from lora_harness.verdicts.stats import CheckpointAggregates, mean_ci  # noqa: E402
 
@@ -188,8 +188,8 @@ def test_without_a_snapshot_section_the_test_skips_saying_how_to_enable_it(pytes
 
 
 def test_tolerances_for_unknown_metrics_are_a_config_error(tmp_path: Path) -> None:
-    from lora_harness.config import ConfigError, load_config
-    from lora_harness.harness import Harness
+    from lora_harness.core.config import ConfigError, load_config
+    from lora_harness.run.harness import Harness
 
     config = load_config(
         REPO / "evals" / "lora_eval.toml",

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from lora_harness.cases import Checkpoint
-from lora_harness.config import StatsConfig, Threshold
-from lora_harness.verdicts.gates import checkpoint_findings
+from lora_harness.core.cases import Checkpoint
+from lora_harness.core.config import StatsConfig, Threshold
+from lora_harness.verdicts.thresholds import checkpoint_findings
 from lora_harness.verdicts.stats import (
     CheckpointAggregates, aggregate, mean_ci, paired_binary_pvalues, paired_difference,
 )

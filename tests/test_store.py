@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lora_harness.cases import EvalCase, Prompt
+from lora_harness.core.cases import EvalCase, Prompt
 from lora_harness.judges.base import Score
-from lora_harness.store import SCORES_DIRNAME, ScoreRow, ScoreStore, latest_rows, read_rows
+from lora_harness.run.store import SCORES_DIRNAME, ScoreRow, ScoreStore, latest_rows, read_rows
 
 
 def make_case(step: int = 200, prompt: str = "00", seed: int | None = None, lora: str = "lora") -> EvalCase:

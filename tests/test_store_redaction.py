@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from lora_harness.cases import Checkpoint
+from lora_harness.core.cases import Checkpoint
 from lora_harness.checks.memorization import MemorizationCheck
-from lora_harness.config import parse_config
+from lora_harness.core.config import parse_config
 from lora_harness.generation.cache import GenerationLog
-from lora_harness.harness import Harness
+from lora_harness.run.harness import Harness
 from lora_harness.judges.base import Score, register
 from lora_harness.judges.llm.pairwise import Comparison
-from lora_harness.redact import REDACTED
-from lora_harness.store import ScoreRow, read_rows
+from lora_harness.core.redact import REDACTED
+from lora_harness.run.store import ScoreRow, read_rows
 
 SECRET = "sk-store-door-secret-0123456789abcdef"
 ENV_SECRET = "plain-env-secret-4242"  # not key-shaped: redacted because its variable is named like a secret

@@ -12,8 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from lora_harness.config import ConfigError
-from lora_harness.training_hook import (
+from lora_harness.core.config import ConfigError
+from lora_harness.run.training_hook import (
     FolderWatch, checkpoint_file, checkpoint_sources, parse_set_option, pytest_command, watch,
 )
 
@@ -128,7 +128,7 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
     from PIL import Image
     from skimage import data
 
-    from lora_harness.cli import main
+    from lora_harness.cli.main import main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -156,7 +156,7 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
         outputs.append(result.stdout.str())
         return int(result.ret)
 
-    monkeypatch.setattr("lora_harness.training_hook.subprocess.call", run_in_process)
+    monkeypatch.setattr("lora_harness.run.training_hook.subprocess.call", run_in_process)
     for step in (10, 20):
         status = main(["eval-checkpoint", "--checkpoint", str(out / f"checkpoint-{step}"), "--step", str(step),
                        "--config", str(config), "--suite", str(suite), "--", "-q", "-W", "ignore::UserWarning"])
@@ -174,7 +174,7 @@ def test_eval_checkpoint_appends_each_simpletuner_checkpoint_to_one_run(
 
 
 def test_cli_hook_commands_report_bad_input(tmp_path: Path, capsys) -> None:
-    from lora_harness.cli import main
+    from lora_harness.cli.main import main
 
     config = write_config(tmp_path)
     assert main(["watch", str(tmp_path / "nowhere"), "--config", str(config), "--once"]) == 2
@@ -195,8 +195,8 @@ def test_readme_hook_command_lines_run_verbatim(tmp_path: Path, monkeypatch) -> 
     Both documented command lines are parsed as written; the pytest arguments reach the pytest command."""
     import shlex
 
-    import lora_harness.training_hook as hook
-    from lora_harness.cli import main
+    import lora_harness.run.training_hook as hook
+    from lora_harness.cli.main import main
 
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     import numpy as np
@@ -249,7 +249,7 @@ def test_watch_a_kohya_sweep_file_by_file_keeps_one_label_kind(tmp_path: Path, m
     pytest.importorskip("diffusers")
     import tiny_flux
 
-    from lora_harness.cli import main
+    from lora_harness.cli.main import main
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -270,7 +270,7 @@ def test_watch_a_kohya_sweep_file_by_file_keeps_one_label_kind(tmp_path: Path, m
         statuses.append(int(result.ret))
         return int(result.ret)
 
-    monkeypatch.setattr("lora_harness.training_hook.subprocess.call", run_in_process)
+    monkeypatch.setattr("lora_harness.run.training_hook.subprocess.call", run_in_process)
     assert main(["watch", str(out), "--config", str(config), "--suite", str(suite), "--once", "--interval", "0.2", "--", "-q"]) == 0
     assert statuses == [0, 0, 0]
     wide = pd.read_csv(tmp_path / "reports" / "training" / "scores.csv", dtype=str)

@@ -50,7 +50,7 @@ def _from_run_json(run_dir: Path) -> dict[str, str]:
 def _from_report(run_dir: Path) -> dict[str, str]:
     from lora_harness.report.manifest import read_manifest
     from lora_harness.report.view import Rules, build_view
-    from lora_harness.store import latest_rows, read_rows
+    from lora_harness.run.store import latest_rows, read_rows
 
     view = build_view(latest_rows(read_rows(run_dir)), Rules.of_manifest(read_manifest(run_dir)))
     html = (run_dir / "report.html").read_text()

@@ -3,7 +3,7 @@
 The checkpoint's own images (trigger prompts; no leakage/strength/baseline images) are decoded from the
 run (sample folders or generated images: no GPU needed), their whole-image embeddings and, when the
 `face_identity` judge's models are installed, their face descriptors are computed once, and the set
-metrics of `lora_harness.diversity` are stored as checkpoint-level rows (judge ``diversity``, on the
+metrics of `lora_harness.analyses.diversity_metrics` are stored as checkpoint-level rows (judge ``diversity``, on the
 checkpoint's first case, so the CSV and the trend plots show them over training steps). A metric below
 its `[diversity] min` fails the checkpoint with "all images look alike".
 """
@@ -14,22 +14,22 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lora_harness.cases import Checkpoint, EvalCase, latest_per_lora
+from lora_harness.core.cases import Checkpoint, EvalCase, latest_per_lora
 from lora_harness.checks.result import CheckResult
-from lora_harness.diversity import (
+from lora_harness.analyses.diversity_metrics import (
     image_embeddings,
     mean_pairwise_cosine_distance,
     mean_pairwise_distance,
     vendi_score,
 )
-from lora_harness.images import ImageError
+from lora_harness.core.images import ImageError
 from lora_harness.judges import Score
 from lora_harness.judges.faces import primary_index
-from lora_harness.models import ModelUnavailable
-from lora_harness.store import ScoreRow
+from lora_harness.judges.model_loading import ModelUnavailable
+from lora_harness.run.store import ScoreRow
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 SOURCE = "diversity"
 VERSION = "1"

@@ -20,18 +20,18 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.core.cases import Checkpoint, EvalCase
 from lora_harness.checks.result import CheckResult
-from lora_harness.images import ImageError
+from lora_harness.core.images import ImageError
 from lora_harness.judges import JudgeContext, Score, create_judge
 from lora_harness.judges.base import judge_many
 from lora_harness.judges.pixel_similarity import signature
-from lora_harness.models import ModelUnavailable
+from lora_harness.judges.model_loading import ModelUnavailable
 from lora_harness.sources.generate import GeneratedCase, image_path
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 SOURCE = "drift"
 VERSION = "1"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lora_harness.cases import Checkpoint, EvalCase, checkpoint_order
-from lora_harness.checks.cases import LEAKAGE, owner
+from lora_harness.core.cases import Checkpoint, EvalCase, checkpoint_order
+from lora_harness.checks.extra_cases import LEAKAGE, owner
 from lora_harness.checks.result import CheckResult
-from lora_harness.models import UNAVAILABLE_KEY
+from lora_harness.judges.model_loading import UNAVAILABLE_KEY
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 
 def check_targets(harness: "Harness", check_role: str) -> list[Checkpoint]:

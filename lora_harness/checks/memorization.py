@@ -12,18 +12,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import MEMORIZATION
+from lora_harness.core.cases import Checkpoint
+from lora_harness.checks.extra_cases import MEMORIZATION
 from lora_harness.checks.result import CheckResult
-from lora_harness.images import ImageError, load_rgb
+from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges import JudgeContext, Score, create_judge
 from lora_harness.judges.base import judge_many
-from lora_harness.models import ModelUnavailable
+from lora_harness.judges.model_loading import ModelUnavailable
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
-    from lora_harness.config import EvalConfig, MemorizationConfig
-    from lora_harness.harness import Harness
+    from lora_harness.core.config import EvalConfig, MemorizationConfig
+    from lora_harness.run.harness import Harness
 
 SOURCE = MEMORIZATION
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from lora_harness.cases import Checkpoint
+from lora_harness.core.cases import Checkpoint
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ class DiversityConfig(_Model):
     @field_validator("min")
     @classmethod
     def _known(cls, value: dict[str, float]) -> dict[str, float]:
-        from lora_harness.diversity import DIVERSITY_METRICS
+        from lora_harness.analyses.diversity_metrics import DIVERSITY_METRICS
 
         unknown = sorted(set(value) - set(DIVERSITY_METRICS))
         if unknown:

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import STRENGTH
+from lora_harness.core.cases import Checkpoint
+from lora_harness.checks.extra_cases import STRENGTH
 from lora_harness.checks.leakage import cases_for, metric_value
 from lora_harness.checks.result import CheckResult
 from lora_harness.checks.settings import StrengthDirection
@@ -23,7 +23,7 @@ from lora_harness.checks.settings import StrengthDirection
 _RISING = ("identity", "similarity", "clip", "dino")
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 
 def scale_means(harness: "Harness", checkpoint: Checkpoint, result: CheckResult) -> dict[float, float | None]:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from lora_harness.config import ConfigError, check_metric_names
+from lora_harness.core.config import ConfigError, check_metric_names
 from lora_harness.judges import registered_judges
 
 if TYPE_CHECKING:
-    from lora_harness.config import EvalConfig
+    from lora_harness.core.config import EvalConfig
 
 
 def check_checks_config(config: "EvalConfig", produced: Sequence[str]) -> None:

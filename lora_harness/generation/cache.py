@@ -32,7 +32,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin
 
-from lora_harness.redact import Redactor
+from lora_harness.core.redact import Redactor
 from lora_harness.sources.generate import GeneratedCase
 
 CACHE_FORMAT = 1

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 from lora_harness.generation.settings import PipelineConfig
-from lora_harness.sharding import assign
+from lora_harness.run.sharding import assign
 
 GROUP_PREFIX = "lora-generate@"
 

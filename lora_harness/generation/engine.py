@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.generation.cache import CacheKey, GenerationLog, case_key, check_cached, model_identity, save_png
 from lora_harness.generation.errors import CaseGenerationError, GenerationError
 from lora_harness.generation.lora import LoraManager

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lora_harness.images import ImageError
+from lora_harness.core.images import ImageError
 
 
 class GenerationError(ValueError):

@@ -2,7 +2,7 @@
 
 from lora_harness.judges import image_stats  # noqa: F401  (registers "image_stats")
 from lora_harness.judges import llm  # noqa: F401  (registers "llm_rubric", "llm_pairwise"; openai loads lazily)
-# Embedding judges: torch/transformers/dlib are imported only when a judge first scores (lora_harness.models).
+# Embedding judges: torch/transformers/dlib are imported only when a judge first scores (lora_harness.judges.model_loading).
 from lora_harness.judges import clip_score  # noqa: F401  (registers "clip_score")
 from lora_harness.judges import image_similarity  # noqa: F401  (registers "clip_i", "dino")
 from lora_harness.judges import face_identity  # noqa: F401  (registers "face_identity")

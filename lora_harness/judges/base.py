@@ -15,8 +15,8 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-from lora_harness.cases import EvalCase
-from lora_harness.models import ModelUnavailable
+from lora_harness.core.cases import EvalCase
+from lora_harness.judges.model_loading import ModelUnavailable
 
 
 @dataclass(frozen=True)

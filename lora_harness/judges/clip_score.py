@@ -10,7 +10,7 @@ prompts are truncated by torchmetrics (``raw["truncated"]``), as in the study.
 
 Images are scored in batches of ``batch_size`` through torchmetrics' per-sample update function (its
 public `clip_score` only returns the batch mean). The model loads once per process at first use, from a
-local folder or a hub id (`lora_harness.models`); a missing model or package skips the gated tests with
+local folder or a hub id (`lora_harness.judges.model_loading`); a missing model or package skips the gated tests with
 the install/download instructions instead of failing them.
 
 torchmetrics refuses local folders whose path lacks "openai" and, with transformers 5, fails on the
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import (
     ImageInputError,
@@ -35,7 +35,7 @@ from lora_harness.judges.embedding import (
     batches,
     prepare_image,
 )
-from lora_harness.models import (
+from lora_harness.judges.model_loading import (
     ModelError,
     apply_cpu_threads,
     check_device_spec,

@@ -41,7 +41,7 @@ def prepare_image(image: Any, *, min_side: int = 32, max_side: int | None = 1024
     """Convert `image` to RGB uint8 with its longer side at most `max_side`.
 
     Accepted: (H, W) grey, (H, W, 1), (H, W, 3) RGB, (H, W, 4) RGBA (composited on white, like
-    `lora_harness.images.load_rgb`); uint8, 16-bit (scaled by 65535 when any value exceeds 255, as the
+    `lora_harness.core.images.load_rgb`); uint8, 16-bit (scaled by 65535 when any value exceeds 255, as the
     decoder does), bool, and float in [0, 1]. Images smaller than `min_side` on either side are refused:
     models resize them up to their input size and score the interpolation, not the picture.
     Huge images are box-reduced first, so memory stays bounded whatever the input.

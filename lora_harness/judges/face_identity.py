@@ -43,7 +43,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import ImageInputError, Lazy, ReferencePhotoError, prepare_image
 from lora_harness.judges.face_arcface import (
@@ -65,7 +65,7 @@ from lora_harness.judges.face_dlib import (
 )
 from lora_harness.judges.faces import FACE_POLICIES, Comparison, DetectedFace, FaceBackend, choose_face, compare, primary_index
 from lora_harness.judges.pose import HeadPose, head_pose
-from lora_harness.models import ModelUnavailable, cached, require
+from lora_harness.judges.model_loading import ModelUnavailable, cached, require
 
 POSE_METHOD = "cv2.solvePnP (SQPnP) of a generic 3D face on the 5 landmarks; degrees, yaw > 0: turned to the image's right"
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import (
     ImageInputError,
@@ -36,7 +36,7 @@ from lora_harness.judges.embedding import (
     mean_max,
     prepare_image,
 )
-from lora_harness.models import (
+from lora_harness.judges.model_loading import (
     ModelError,
     apply_cpu_threads,
     check_device_spec,

@@ -38,7 +38,7 @@ from PIL import Image
 from scipy import fft as sfft
 from scipy import ndimage
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, check_int, register, reject_unknown
 
 # ITU-R BT.601 luma weights: the grey image the spectrum is computed on.

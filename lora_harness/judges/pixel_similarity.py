@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, register, reject_unknown
 
 VERSION = "1"

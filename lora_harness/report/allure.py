@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, Mapping, Sequence
 
-from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.core.cases import Checkpoint, EvalCase
 from lora_harness.judges.base import Score
-from lora_harness.redact import Redactor
+from lora_harness.core.redact import Redactor
 from lora_harness.report.view import justification_of
 
 _IMAGE_TYPES = {".png": "PNG", ".jpg": "JPG", ".jpeg": "JPG", ".webp": "WEBP", ".gif": "GIF", ".bmp": "BMP"}

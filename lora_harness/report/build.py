@@ -11,17 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from lora_harness.cases import Checkpoint
-from lora_harness.verdicts.gates import gated_checkpoints
+from lora_harness.core.cases import Checkpoint
+from lora_harness.verdicts.thresholds import gated_checkpoints
 from lora_harness.sources.generate import baseline_names
 
-from lora_harness.config import EvalConfig
+from lora_harness.core.config import EvalConfig
 from lora_harness.report.csv import write_score_csvs
 from lora_harness.report.from_csv import rows_from_csvs
 from lora_harness.report.html import BuildTimings, ReportOptions, build_html_report, start_report_thumbnails
 from lora_harness.report.view import Rules
 from lora_harness.report.manifest import new_session, now_iso, read_manifest, record_session
-from lora_harness.store import ScoreRow, latest_rows, read_rows
+from lora_harness.run.store import ScoreRow, latest_rows, read_rows
 
 
 class ReportError(ValueError):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from lora_harness.config import ConfigError, load_config
+from lora_harness.core.config import ConfigError, load_config
 from lora_harness.report.csv import ScoresCsvError
 from lora_harness.report.manifest import ManifestError, read_manifest
 

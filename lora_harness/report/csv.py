@@ -12,9 +12,9 @@ from typing import Iterable
 
 import pandas as pd
 
-from lora_harness.cases import case_order, step_label  # noqa: F401  (re-exported: reports import it from here)
-from lora_harness.scores_csv import ID_COLUMNS, TAIL_COLUMNS, ScoresCsvError, metric_columns, read_scores_csv  # noqa: F401
-from lora_harness.store import ScoreRow
+from lora_harness.core.cases import case_order, step_label  # noqa: F401  (re-exported: reports import it from here)
+from lora_harness.run.scores_csv import ID_COLUMNS, TAIL_COLUMNS, ScoresCsvError, metric_columns, read_scores_csv  # noqa: F401
+from lora_harness.run.store import ScoreRow
 
 # The study's metric columns, in its order; other metrics follow alphabetically.
 RESEARCH_METRICS = [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from lora_harness.report.csv import ScoresCsvError, metric_columns, read_scores_csv
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 _STEP = re.compile(r"^(?P<epoch>e)?(?P<n>\d+)$")
 LONG_REQUIRED = ("case_key", "loraname", "training_step", "prompt_id", "metric", "value")

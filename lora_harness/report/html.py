@@ -18,18 +18,18 @@ from urllib.parse import quote, unquote
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from lora_harness.config import ReportConfig
-from lora_harness.images import DEFAULT_PIXEL_LIMIT
+from lora_harness.core.config import ReportConfig
+from lora_harness.core.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.report.manifest import RunManifest, library_versions
 from lora_harness.report.identity import identity_html
 from lora_harness.report.plots import ALL_PROMPTS, criterion_plots, trend_plots
 from lora_harness.report.scale_plots import scale_plots
 from lora_harness.report.training_images import training_matches
-from lora_harness.redact import Redactor
+from lora_harness.core.redact import Redactor
 from lora_harness.report.thumbs import Thumbnail, start_thumbnails
 from lora_harness.verdicts.outcome import verdicts_of
 from lora_harness.report.view import ReportView, Rules, build_view
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 REPORT_NAME = "report.html"
 TEMPLATES = Path(__file__).parent / "templates"

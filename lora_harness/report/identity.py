@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from lora_harness.audit import AuditEntry, DuplicatePair, ReferenceAudit
-from lora_harness.images import ImageError, load_rgb
-from lora_harness.store import ScoreRow
+from lora_harness.analyses.reference_audit import AuditEntry, DuplicatePair, ReferenceAudit
+from lora_harness.core.images import ImageError, load_rgb
+from lora_harness.run.store import ScoreRow
 
 THUMB_PX = 96
 

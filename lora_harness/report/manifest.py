@@ -26,8 +26,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lora_harness.checks.memorization import memorization_ceilings
-from lora_harness.config import BestConfig, EvalConfig, GateSpec, ReportConfig, StatsConfig, Threshold
-from lora_harness.redact import Redactor
+from lora_harness.core.config import BestConfig, EvalConfig, GateSpec, ReportConfig, StatsConfig, Threshold
+from lora_harness.core.redact import Redactor
 from lora_harness.verdicts.sequential import decision_stats
 
 MANIFEST_NAME = "run.json"

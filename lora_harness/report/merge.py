@@ -22,7 +22,7 @@ from lora_harness.report.build import ReportFiles, report_run
 from lora_harness.report.html import ReportOptions
 from lora_harness.report.manifest import ManifestError, RunManifest, read_manifest, write_manifest
 from lora_harness.report.thumbs import THUMBS_DIRNAME
-from lora_harness.store import SCORES_DIRNAME, latest_rows, read_rows
+from lora_harness.run.store import SCORES_DIRNAME, latest_rows, read_rows
 
 
 class MergeError(ValueError):

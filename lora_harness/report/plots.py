@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 ROLLING_WINDOW = 3
 ALL_PROMPTS = "all"

@@ -1,7 +1,7 @@
 """Metric vs LoRA scale: the strength sweep's figure (inline SVG, drawn like the trend plots).
 
 The strength check stores each scale as its own LoRA, `<lora>-scale<s>` with variant "strength" (see
-`lora_harness/checks/cases.py`), so the trend plots show each scale over steps but never identity against
+`lora_harness/checks/extra_cases.py`), so the trend plots show each scale over steps but never identity against
 scale, which is the question the sweep asks ("does identity rise with scale while quality holds?"). This
 module regroups those rows: one figure per LoRA and metric, x = scale, points = the images at the LoRA's
 latest step, line = their mean per scale. It reuses the trend plot's template and layout, so both look
@@ -21,7 +21,7 @@ import pandas as pd
 from lora_harness.report.plots import (
     BOTTOM, CHAR_W, LEFT, PALETTE, PANEL_H, PANEL_W, TOP, Panel, Series, _environment, _label, _y_range, nice_ticks,
 )
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 STRENGTH_VARIANT = "strength"
 # `{scale:g}`: 0, 0.5, 1.2, 1e-05, ...

@@ -43,7 +43,7 @@ def run_verdict(run_dir: Path) -> RunVerdict:
     from lora_harness.report.html import _verdict  # the report's badge rule
     from lora_harness.report.manifest import read_manifest
     from lora_harness.report.view import Rules, build_view
-    from lora_harness.store import latest_rows, read_rows
+    from lora_harness.run.store import latest_rows, read_rows
     from lora_harness.verdicts.outcome import verdicts_of
 
     manifest = read_manifest(run_dir)

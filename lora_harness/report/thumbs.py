@@ -24,8 +24,8 @@ from typing import Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from lora_harness.cases import safe_id
-from lora_harness.images import DEFAULT_PIXEL_LIMIT, allow_pixels, bomb_pixels, oversize_message
+from lora_harness.core.cases import safe_id
+from lora_harness.core.images import DEFAULT_PIXEL_LIMIT, allow_pixels, bomb_pixels, oversize_message
 
 THUMBS_DIRNAME = "thumbs"
 JPEG_QUALITY = 82

@@ -15,20 +15,20 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows, values_from_rows
 from lora_harness.checks.memorization import memorization_ceilings
-from lora_harness.cases import CHECK_ROLES, Checkpoint, case_order, checkpoint_order, safe_id
-from lora_harness.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
-from lora_harness.verdicts.gates import checkpoint_verdict, gated_checkpoints, image_verdict
+from lora_harness.core.cases import CHECK_ROLES, Checkpoint, case_order, checkpoint_order, safe_id
+from lora_harness.core.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
+from lora_harness.verdicts.thresholds import checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Verdict, run_badge
 from lora_harness.verdicts.sequential import decision_stats
 from lora_harness.judges.base import Score
-from lora_harness.models import UNAVAILABLE_KEY
+from lora_harness.judges.model_loading import UNAVAILABLE_KEY
 from lora_harness.report.csv import metric_order, step_label
 from lora_harness.report.manifest import RunManifest
 from lora_harness.report.training_images import training_image_of
-from lora_harness.redact import Redactor
+from lora_harness.core.redact import Redactor
 from lora_harness.sources.generate import baseline_names
 from lora_harness.verdicts.stats import mean_ci
-from lora_harness.store import ScoreRow
+from lora_harness.run.store import ScoreRow
 
 STATUS_ORDER = {"error": 0, "fail": 1, "incomplete": 2, "inconclusive": 3, "xfail": 4, "skipped": 5, "pass": 6}
 # Keys of a score's raw values that hold a judge's reasons (the study's LLM answered `textual_justification`).

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.sources.generate import GenerateSource, GenerateSourceError, collect_generate_cases, same_generation
 from lora_harness.sources.samples import SampleFolderError, collect_sample_cases
 
 if TYPE_CHECKING:  # config.py imports the source models from this package: no runtime import back
-    from lora_harness.config import EvalConfig
+    from lora_harness.core.config import EvalConfig
 
 __all__ = ["GenerateSourceError", "SampleFolderError", "collect_cases"]
 

@@ -24,8 +24,8 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lora_harness.cases import CaseRole, EvalCase, Prompt, StepKind, checkpoint_order, safe_id
-from lora_harness.prompts import parse_prompt_lines, read_prompt_file
+from lora_harness.core.cases import CaseRole, EvalCase, Prompt, StepKind, checkpoint_order, safe_id
+from lora_harness.core.prompts import parse_prompt_lines, read_prompt_file
 
 DEFAULT_SEED = 42
 BASE_MODEL_NAME = "base-model"

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from lora_harness.cases import EvalCase, Prompt, case_order
-from lora_harness.prompts import read_prompt_file
+from lora_harness.core.cases import EvalCase, Prompt, case_order
+from lora_harness.core.prompts import read_prompt_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SAMPLE_NAME = re.compile(

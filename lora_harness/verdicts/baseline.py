@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Sequenc
 
 import pandas as pd
 
-from lora_harness.cases import Checkpoint, checkpoint_order
-from lora_harness.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
-from lora_harness.scores_csv import ScoresCsvError, metric_columns, read_scores_csv
-from lora_harness.verdicts.gate_check import enforce
+from lora_harness.core.cases import Checkpoint, checkpoint_order
+from lora_harness.core.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
+from lora_harness.run.scores_csv import ScoresCsvError, metric_columns, read_scores_csv
+from lora_harness.verdicts.enforce import enforce
 from lora_harness.verdicts.outcome import Decision, Policy, Verdict, decide
 from lora_harness.verdicts.stats import PairedDifference, paired_difference
-from lora_harness.store import ScoreRow, latest_rows, read_rows
+from lora_harness.run.store import ScoreRow, latest_rows, read_rows
 
 if TYPE_CHECKING:  # the harness imports this module; at runtime it is passed in, never imported
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 
 class BaselineError(ValueError):

@@ -17,10 +17,10 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lora_harness.cases import CHECK_ROLES, Checkpoint, step_label
-from lora_harness.checks.cases import MEMORIZATION
-from lora_harness.config import BestConfig, ConfigError, check_metric_names
-from lora_harness.store import ScoreRow
+from lora_harness.core.cases import CHECK_ROLES, Checkpoint, step_label
+from lora_harness.checks.extra_cases import MEMORIZATION
+from lora_harness.core.config import BestConfig, ConfigError, check_metric_names
+from lora_harness.run.store import ScoreRow
 
 
 @dataclass(frozen=True)

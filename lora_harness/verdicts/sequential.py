@@ -11,7 +11,7 @@ and checked by simulation in `benchmarks/verdict_stability.py`.
 
 from __future__ import annotations
 
-from lora_harness.config import GateConfig, StatsConfig
+from lora_harness.core.config import GateConfig, StatsConfig
 
 
 def planned_rounds(start: int, budget: int) -> list[int]:

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 
 from syrupy.extensions.json import JSONSnapshotExtension
 
-from lora_harness.config import SnapshotConfig
+from lora_harness.core.config import SnapshotConfig
 from lora_harness.verdicts.stats import CheckpointAggregates
 
 SNAPSHOT_FORMAT = "lora-harness/score-snapshot/1"

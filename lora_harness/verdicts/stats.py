@@ -34,7 +34,7 @@ import numpy as np
 from scipy import stats as _scipy_stats
 from scipy.special import gammaln, xlogy
 
-from lora_harness.cases import Checkpoint
+from lora_harness.core.cases import Checkpoint
 
 DEFAULT_CONFIDENCE = 0.98
 DEFAULT_SD_FLOOR = 0.02

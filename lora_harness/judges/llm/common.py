@@ -31,7 +31,7 @@ from lora_harness.judges.llm.options import LlmOptions
 from lora_harness.judges.llm.ratelimit import RateLimiter, RetryPolicy
 from lora_harness.judges.llm.runwide import Claims, FatalFlag, RequestSlots, SharedRateLimiter, run_folder
 from lora_harness.judges.llm.rubrics import RUBRIC_VERSION
-from lora_harness.models import ModelUnavailable
+from lora_harness.judges.model_loading import ModelUnavailable
 
 CACHE_SUBDIR = "llm"
 _PACKAGES = (("openai", "openai"), ("cv2", "opencv-python-headless"), ("xxhash", "xxhash"))

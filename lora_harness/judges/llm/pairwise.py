@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lora_harness.cases import Checkpoint, EvalCase
+from lora_harness.core.cases import Checkpoint, EvalCase
 from lora_harness.judges.base import JudgeContext, Score, register
 from lora_harness.judges.llm.cache import cache_key
 from lora_harness.judges.llm.calls import CallOutcome, CallPlan
@@ -96,7 +96,7 @@ class ComparisonResult:
     def check(self) -> None:
         """The test outcome of "candidate not worse than baseline"; the message lists every pair and the interval."""
         __tracebackhide__ = True
-        from lora_harness.verdicts.gate_check import enforce
+        from lora_harness.verdicts.enforce import enforce
         from lora_harness.verdicts.outcome import Policy, decide
 
         verdict = decide([(self.decision, self.describe())], gated=True)  # type: ignore[list-item]

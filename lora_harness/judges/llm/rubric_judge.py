@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import JudgeContext, Score, register
 from lora_harness.judges.llm.cache import cache_key
 from lora_harness.judges.llm.calls import CallOutcome, CallPlan, when_all

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from lora_harness.cases import EvalCase
+from lora_harness.core.cases import EvalCase
 from lora_harness.judges.base import Score
-from lora_harness.redact import Redactor
+from lora_harness.core.redact import Redactor
 
 SCORES_DIRNAME = "scores"
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lora_harness.cases import Checkpoint, checkpoint_order, safe_id
+from lora_harness.core.cases import Checkpoint, checkpoint_order, safe_id
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 
 @dataclass(frozen=True)

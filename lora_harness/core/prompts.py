@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lora_harness.cases import Prompt
+from lora_harness.core.cases import Prompt
 
 
 class PromptFileError(ValueError):

@@ -15,23 +15,23 @@ import numpy as np
 
 from lora_harness.verdicts.baseline import BaselinePlan
 from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config, choose_best
-from lora_harness.cases import Checkpoint, EvalCase, checkpoint_order
-from lora_harness.checks.cases import expand_check_cases, owner
+from lora_harness.core.cases import Checkpoint, EvalCase, checkpoint_order
+from lora_harness.checks.extra_cases import expand_check_cases, owner
 from lora_harness.checks.validate import check_checks_config
-from lora_harness.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
-from lora_harness.stale_sections import stale_sections, without_stale
-from lora_harness.verdicts.gates import Finding, checkpoint_verdict, gated_checkpoints, image_verdict
+from lora_harness.core.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
+from lora_harness.core.stale_sections import stale_sections, without_stale
+from lora_harness.verdicts.thresholds import Finding, checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
-from lora_harness.images import ImageError, load_rgb
+from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
-from lora_harness.models import UNAVAILABLE_KEY, ModelUnavailable
+from lora_harness.judges.model_loading import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase, baseline_names
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 from lora_harness.verdicts.stats import CheckpointAggregates, aggregate
-from lora_harness.store import ScoreStore, latest_rows
+from lora_harness.run.store import ScoreStore, latest_rows
 
 if TYPE_CHECKING:
     from lora_harness.generation.engine import ImageGenerator
@@ -357,7 +357,7 @@ class Harness:
         if not generated or worker_count <= 1:
             return {}
         from lora_harness.generation.devices import device_groups, visible_devices
-        from lora_harness.targets import xdist_groups
+        from lora_harness.plugin.regression_targets import xdist_groups
 
         self._groups = xdist_groups(self)
         return device_groups(

@@ -18,7 +18,7 @@ from pydantic import (
 
 from lora_harness.checks.settings import DiversityConfig, LeakageConfig, MemorizationConfig, StrengthConfig
 from lora_harness.generation.settings import PipelineConfig
-from lora_harness.images import DEFAULT_PIXEL_LIMIT
+from lora_harness.core.images import DEFAULT_PIXEL_LIMIT
 from lora_harness.sources.generate import GenerateSource
 
 

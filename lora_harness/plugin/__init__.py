@@ -20,30 +20,30 @@ from typing import Any, Callable
 import pytest
 
 from lora_harness.verdicts.baseline import BaselineError, Comparison
-from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.checks import targets as lora_checks
-from lora_harness.training_hook import parse_set_option
-from lora_harness.config import ConfigError, EvalConfig, load_config
-from lora_harness.verdicts.gate_check import VERDICT_PROPERTY, Gate, Unjudged, current_properties
+from lora_harness.core.cases import Checkpoint, EvalCase
+from lora_harness.checks import registry as lora_checks
+from lora_harness.run.training_hook import parse_set_option
+from lora_harness.core.config import ConfigError, EvalConfig, load_config
+from lora_harness.verdicts.enforce import VERDICT_PROPERTY, Gate, Unjudged, current_properties
 from lora_harness.verdicts.outcome import verdicts_of
-from lora_harness.harness import Harness
+from lora_harness.run.harness import Harness
 from lora_harness.judges import Score
 from lora_harness.judges.llm.cost import summary_lines as llm_cost_lines
 from lora_harness.report.csv import step_label, write_score_csvs
 from lora_harness.sources.generate import GenerateSource
 from lora_harness.sources.samples import SampleFolderError
 from lora_harness.verdicts.stats import CheckpointAggregates
-from lora_harness.targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
-from lora_harness.progress import PhaseProgress
-from lora_harness.redact import Redactor
-from lora_harness.prompts import PromptFileError
+from lora_harness.plugin.regression_targets import MetricTarget, comparison_targets, gate_targets, group_of, resolve, xdist_groups
+from lora_harness.run.progress import PhaseProgress
+from lora_harness.core.redact import Redactor
+from lora_harness.core.prompts import PromptFileError
 from lora_harness.report.manifest import now_iso
-from lora_harness import sharding
+from lora_harness.run import sharding
 from lora_harness.generation.devices import mapped as device_mapped
 from lora_harness.report.allure import allure_enabled
-from lora_harness.sharding import Shard, ShardError
-from lora_harness.store import ScoreRow, latest_rows, read_rows
-from lora_harness.summary import format_table, verdict_line
+from lora_harness.run.sharding import Shard, ShardError
+from lora_harness.run.store import ScoreRow, latest_rows, read_rows
+from lora_harness.plugin.terminal_table import format_table, verdict_line
 
 RUN_DIR_KEY = "lora_harness_run_dir"
 RUN_ID_KEY = "lora_harness_run_id"
@@ -215,7 +215,7 @@ class _XdistHooks:
         `--lf`, copied ids and JUnit history between `-n 0` and `-n N`). An explicit `--dist` is respected."""
         if config.option.dist != "load" or not _config_path(config).is_file():
             return None
-        from lora_harness.xdist_scope import CheckpointScopeScheduling
+        from lora_harness.plugin.xdist_scheduler import CheckpointScopeScheduling
 
         return CheckpointScopeScheduling(config, log, scope_of=lambda: _scope_map(self.state))
 
@@ -393,7 +393,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _item_group(config: pytest.Config, item: pytest.Item) -> str | None:
-    """The checkpoints an item must be judged with (see lora_harness.targets), or None."""
+    """The checkpoints an item must be judged with (see lora_harness.plugin.regression_targets), or None."""
     params = getattr(getattr(item, "callspec", None), "params", {})
     if not any(params.get(name) is not None for name in _PARAMETRIZED):
         return None
@@ -596,9 +596,9 @@ def lora_harness(request: pytest.FixtureRequest) -> Harness:
 
 @pytest.fixture(scope="session")
 def lora_reference_audit(lora_harness: Harness) -> Any:
-    """The reference audit of `[person] references` (lora_harness.audit); `.assert_clean()` fails on outliers."""
-    from lora_harness.audit import AuditError, audit_config
-    from lora_harness.models import ModelUnavailable
+    """The reference audit of `[person] references` (lora_harness.analyses.reference_audit); `.assert_clean()` fails on outliers."""
+    from lora_harness.analyses.reference_audit import AuditError, audit_config
+    from lora_harness.judges.model_loading import ModelUnavailable
 
     from lora_harness.report.identity import write_audit
 
@@ -667,7 +667,7 @@ def lora_pairwise_comparison(request: pytest.FixtureRequest, lora_harness: Harne
     in both orders; `.check()` asserts the candidate is not worse. Skips, saying why, when none can run."""
     if request.param is None:
         pytest.skip("no pairwise judge configured: add [[judges]] name = \"llm_pairwise\" with options baseline and candidate")
-    from lora_harness.models import ModelUnavailable
+    from lora_harness.judges.model_loading import ModelUnavailable
 
     try:
         return lora_harness.compare(request.param)

@@ -12,12 +12,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from lora_harness.cases import CaseRole, Checkpoint, EvalCase, Prompt, latest_per_lora
-from lora_harness.prompts import parse_prompt_line, prompt_lines
+from lora_harness.core.cases import CaseRole, Checkpoint, EvalCase, Prompt, latest_per_lora
+from lora_harness.core.prompts import parse_prompt_line, prompt_lines
 from lora_harness.sources.generate import DEFAULT_SEED, GeneratedCase, image_path
 
 if TYPE_CHECKING:
-    from lora_harness.config import EvalConfig
+    from lora_harness.core.config import EvalConfig
 
 LEAKAGE: CaseRole = "leakage"
 STRENGTH: CaseRole = "strength"

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from lora_harness.cases import Checkpoint, EvalCase
-from lora_harness.config import EvalConfig
+from lora_harness.core.cases import Checkpoint, EvalCase
+from lora_harness.core.config import EvalConfig
 from lora_harness.verdicts.outcome import Policy, Verdict
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 
 VERDICT_PROPERTY = "lora_verdict"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lora_harness.config import EvalConfig
+from lora_harness.core.config import EvalConfig
 
 PAIR_JUDGES = ("llm_pairwise",)
 

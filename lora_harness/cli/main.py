@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lora_harness.config import ConfigError, load_config
+from lora_harness.core.config import ConfigError, load_config
 from lora_harness.report.commands import add_report_commands
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
     try:
         harness = Harness(load_config(Path(args.config)), run_id="validate")
@@ -32,7 +32,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _agreement(args: argparse.Namespace) -> int:
     import json
 
-    from lora_harness.agreement import AgreementError, agreement_from_files
+    from lora_harness.analyses.agreement import AgreementError, agreement_from_files
 
     try:
         report = agreement_from_files(
@@ -50,8 +50,8 @@ def _agreement(args: argparse.Namespace) -> int:
 
 def _audit_references(args: argparse.Namespace) -> int:
     """Exit 0: every photo is fine; 1: outliers listed; 2: nothing could be audited (message says why)."""
-    from lora_harness.audit import AuditError, audit_references
-    from lora_harness.models import ModelUnavailable
+    from lora_harness.analyses.reference_audit import AuditError, audit_references
+    from lora_harness.judges.model_loading import ModelUnavailable
 
     options: dict[str, Any] = {"backend": args.backend}
     if args.model_dir:
@@ -77,7 +77,7 @@ def _audit_references(args: argparse.Namespace) -> int:
 
 
 def _add_audit_command(commands: Any) -> None:
-    from lora_harness.audit import DEFAULT_DUPLICATE_SIMILARITY, DEFAULT_MIN_FACE_PX
+    from lora_harness.analyses.reference_audit import DEFAULT_DUPLICATE_SIMILARITY, DEFAULT_MIN_FACE_PX
 
     audit = commands.add_parser(
         "audit-references",
@@ -104,7 +104,7 @@ def _hook_extra(args: argparse.Namespace) -> list[str]:
 
 
 def _eval_checkpoint(args: argparse.Namespace) -> int:
-    from lora_harness.training_hook import checkpoint_file, evaluate_checkpoint
+    from lora_harness.run.training_hook import checkpoint_file, evaluate_checkpoint
 
     checkpoint = Path(args.checkpoint)
     try:
@@ -123,7 +123,7 @@ def _eval_checkpoint(args: argparse.Namespace) -> int:
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from lora_harness.training_hook import WATCH_STATE, evaluate_checkpoint, run_dir_of, watch
+    from lora_harness.run.training_hook import WATCH_STATE, evaluate_checkpoint, run_dir_of, watch
 
     config, suite = Path(args.config), Path(args.suite)
     try:

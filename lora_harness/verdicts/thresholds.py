@@ -11,8 +11,8 @@ from statistics import NormalDist
 from dataclasses import dataclass
 from typing import Collection, Iterable, Mapping, Sequence
 
-from lora_harness.cases import Checkpoint, latest_per_lora
-from lora_harness.config import GateSpec, StatsConfig, Threshold
+from lora_harness.core.cases import Checkpoint, latest_per_lora
+from lora_harness.core.config import GateSpec, StatsConfig, Threshold
 from lora_harness.judges.base import Score
 from lora_harness.verdicts.outcome import Decision, Verdict, decide
 from lora_harness.verdicts.stats import MeanCI, mean_ci

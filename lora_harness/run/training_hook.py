@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from lora_harness.config import ConfigError
+from lora_harness.core.config import ConfigError
 
 WATCH_STATE = "watch.json"
 

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lora_harness.images import ImageError, load_rgb
+from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges.embedding import ImageInputError
 from lora_harness.judges.faces import DetectedFace, primary_index
 from lora_harness.judges.pixel_similarity import signature

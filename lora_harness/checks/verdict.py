@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lora_harness.checks.result import CheckResult
-from lora_harness.verdicts.gate_check import enforce
+from lora_harness.verdicts.enforce import enforce
 from lora_harness.verdicts.outcome import Policy, Verdict, decide
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lora_harness.cases import Checkpoint
-from lora_harness.checks.cases import LEAKAGE, STRENGTH
-from lora_harness.verdicts.gated_check import GatedCheck
+from lora_harness.core.cases import Checkpoint
+from lora_harness.checks.extra_cases import LEAKAGE, STRENGTH
+from lora_harness.checks.verdict import GatedCheck
 from lora_harness.checks.leakage import check_targets, evaluate_leakage
 from lora_harness.checks.diversity import DiversityCheck, diversity_targets
 from lora_harness.checks.memorization import MemorizationCheck
 from lora_harness.checks.strength import evaluate_strength
 
 if TYPE_CHECKING:
-    from lora_harness.harness import Harness
+    from lora_harness.run.harness import Harness
 
 FIXTURES = ("lora_leakage_check", "lora_strength_check", "lora_memorization_check", "lora_diversity_check")
 

@@ -1,0 +1,3 @@
+from lora_harness.cli.main import main
+
+raise SystemExit(main())

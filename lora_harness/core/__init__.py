@@ -1,0 +1,1 @@
+"""The nouns every layer shares: cases and their order, the eval config, prompts, image decoding, redaction."""

@@ -1,0 +1,1 @@
+"""One evaluation run: the Harness (cases -> images -> judges -> store), score storage, sharding, progress."""
