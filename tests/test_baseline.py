@@ -24,7 +24,7 @@ from lora_harness.verdicts.baseline import (
 from lora_harness.core.cases import Checkpoint
 from lora_harness.core.config import BaselineConfig, ConfigError, StatsConfig, parse_config
 from lora_harness.run.harness import Harness
-from lora_harness.plugin.regression_targets import comparison_targets, resolve, xdist_groups
+from lora_harness.run.regression_targets import comparison_targets, resolve, xdist_groups
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "fixtures" / "demo"

@@ -4,7 +4,7 @@ worker, while node ids stay exactly what `-n 0` produces.
 `xdist_group` markers did this before, but `--dist loadgroup` appends `@<group>` to every node id: `--lf`
 then found none of the recorded failures, an id copied from the output was "not found", and JUnit names
 differed between `-n 0` and `-n 4`. xdist's `LoadScopeScheduling` sends each *scope* to one worker; here the
-scope comes from the case behind the test's parameter id (see lora_harness.plugin.regression_targets.xdist_groups), and a
+scope comes from the case behind the test's parameter id (see lora_harness.run.regression_targets.xdist_groups), and a
 test without a lora parameter is a scope of its own (plain `--dist load` behaviour).
 """
 

@@ -357,7 +357,7 @@ class Harness:
         if not generated or worker_count <= 1:
             return {}
         from lora_harness.generation.devices import device_groups, visible_devices
-        from lora_harness.plugin.regression_targets import xdist_groups
+        from lora_harness.run.regression_targets import xdist_groups
 
         self._groups = xdist_groups(self)
         return device_groups(
