@@ -41,13 +41,14 @@ def test_the_one_rule(findings, gated, policy, decision, outcome, shown) -> None
 
 
 @pytest.mark.parametrize("decisions, badge", [
-    ([], "pass"),
+    ([], "incomplete"),  # rules but no gated decision: no evidence, never pass
     ([("pass", True), ("fail", False)], "pass"),  # an ungated failure is information
     ([("pass", True), ("inconclusive", True)], "inconclusive"),
     ([("incomplete", True), ("inconclusive", True)], "incomplete"),
     ([("incomplete", True), ("fail", True)], "fail"),
     ([("pass", True), ("error", False)], "fail"),  # a broken input fails the run, gated or not
-    ([("inconclusive", False), ("incomplete", False)], "pass"),
+    ([("inconclusive", False), ("incomplete", False)], "incomplete"),  # nothing gated was decided
+    ([("pass", True), ("inconclusive", False)], "pass"),
 ])
 def test_the_run_badge_is_never_pass_on_an_undecided_gated_verdict(decisions, badge) -> None:
     verdicts = [Verdict(d, gated) for d, gated in decisions]

@@ -74,13 +74,16 @@ class PluginState:
                 self._config = self._config.model_copy(update={"run": run})
         return self._config
 
-    def harness(self) -> Harness:
+    def harness(self, *, scheduling_only: bool = False) -> Harness:
+        """The run of this process. The xdist controller builds it only to schedule (`scheduling_only`):
+        its workers judge, so the controller reports on a run folder only when a worker names it."""
         if self._harness is None:
             self._harness = Harness(
                 self.eval_config(), run_id=self.run_id, worker=self.worker, worker_count=self.worker_count,
                 allow_incomplete=bool(self.pytest_config.getoption("allow_incomplete", False)),
                 drop_stale=bool(self.pytest_config.getoption("samples")),
             )
+        if not scheduling_only:
             self.run_dirs.add(self._harness.config.run_dir)
         return self._harness
 

@@ -54,7 +54,7 @@ def scope_map(state: PluginState) -> dict[str, str]:
     try:
         with warnings.catch_warnings():  # the workers collect too, and their warnings reach the summary
             warnings.simplefilter("ignore")
-            harness = state.harness()
+            harness = state.harness(scheduling_only=True)
         groups = xdist_groups(harness)
         # more workers than devices: a generating checkpoint's tests go to its device's one worker
         workers = int(getattr(state.pytest_config.option, "numprocesses", 1) or 1)

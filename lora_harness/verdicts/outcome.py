@@ -81,12 +81,16 @@ def decide(decisions: Iterable[tuple[Decision, str]], *, gated: bool) -> Verdict
 def run_badge(verdicts: Sequence[Verdict], *, has_rules: bool = True) -> Badge:
     """The run's word: FAIL if any test fails for real; else INCOMPLETE or INCONCLUSIVE when any gated
     decision is one (never PASS then, whatever `[gate] inconclusive` lets the tests do); PASS when there
-    were rules to meet, SCORED when there were none."""
+    were rules to meet and gated decisions met them, INCOMPLETE when no gated decision was made at all,
+    SCORED when there were no rules."""
     decisions = {v.decision for v in verdicts if v.gated} | {v.decision for v in verdicts if v.decision == "error"}
     for word in ("error", "fail", "incomplete", "inconclusive"):
         if word in decisions:
             return "fail" if word == "error" else word  # type: ignore[return-value]
-    return "pass" if has_rules else "scored"
+    if not has_rules:
+        return "scored"
+    # rules, but no gated decision at all (no scores of a gated checkpoint): nothing was shown to pass
+    return "pass" if any(v.gated for v in verdicts) else "incomplete"
 
 
 def verdicts_of(records: Iterable[Mapping[str, Any]]) -> list[Verdict]:
