@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from lora_harness.core.cases import Checkpoint, EvalCase
-from lora_harness.core.config import EvalConfig
 from lora_harness.verdicts.outcome import Policy, Verdict
 
 if TYPE_CHECKING:
+    from lora_harness.core.config import EvalConfig
     from lora_harness.run.harness import Harness
 
 
