@@ -16,7 +16,7 @@ modules, same rank per module, same alphas and same stored peft config. peft's h
 the scaling (alpha / rank) stays the first adapter's (`set_adapters` recomputes it from the old config), which
 gave images up to 65 grey levels off for LoRAs with other alphas. Otherwise the old adapter is deleted and the
 new one loaded under a fresh name. `clear()` deletes every adapter (the outputs
-equal the base model's again), `unload()` also removes the injected LoRA layers.
+equal the base model's again).
 """
 
 from __future__ import annotations
@@ -201,11 +201,6 @@ def _unmappable(pipe: Any, path: Path, exc: BaseException) -> LoraMismatchError:
     )
 
 
-def lora_modules(pipe: Any, path: Path) -> dict[str, dict[str, tuple[int, ...]]]:
-    """diffusers' own conversion of the file to `component.module -> {down, up shapes}` (the model is untouched)."""
-    return lora_layout(pipe, path).modules
-
-
 def validate_lora(pipe: Any, path: Path) -> LoraLayout:
     """Check every LoRA module against the model before loading; returns the file's layout.
 
@@ -365,11 +360,6 @@ class LoraManager:
         names = self.adapters()
         if names:
             self.pipe.delete_adapters(names)
-        self.active = None
-
-    def unload(self) -> None:
-        """Remove adapters and the injected LoRA layers (`unload_lora_weights`)."""
-        self.pipe.unload_lora_weights()
         self.active = None
 
     def _load(self, path: Path, adapter: str) -> None:

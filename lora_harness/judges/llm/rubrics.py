@@ -2,8 +2,8 @@
 
 The study asked GPT-4o seven separate questions per image (see `shared/README.md`); each criterion here
 keeps the study's CSV column as its metric name, says which images it needs, and holds its rubric text.
-`RUBRIC_VERSION` is the human label of this wording; `RUBRIC_DIGEST` is computed from the texts, so the
-answer cache is invalidated by any wording change even when the label is not bumped.
+`RUBRIC_VERSION` is the human label of this wording; the answer cache keys on digests of the texts each call
+sends (`group_digest`), so any wording change re-asks the calls it touches even when the label is not bumped.
 
 Messages are plain `openai` chat-completion dicts: a system message with the judge's role and the answer
 contract, and one user message whose content interleaves text labels with the images, so the model always
@@ -155,17 +155,6 @@ IMAGE_LABELS: dict[ImageRole, str] = {
 }
 
 
-def _digest() -> str:
-    text = "\n".join(
-        [RUBRIC_VERSION, SYSTEM_PROMPT, PAIRWISE_RUBRIC, *IMAGE_LABELS.values()]
-        + [f"{c.key}|{c.metric}|{c.needs}|{c.uses_prompt}|{c.rubric}" for c in CRITERIA]
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-RUBRIC_DIGEST = _digest()
-
-
 def _sha16(parts: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
@@ -173,7 +162,7 @@ def _sha16(parts: Sequence[str]) -> str:
 def group_digest(criteria: Sequence[Criterion]) -> str:
     """Digest of every text a call asking `criteria` together sends, and of nothing else.
 
-    The answer cache keys on this instead of `RUBRIC_DIGEST`, so rewording one criterion re-asks only the
+    The answer cache keys on this instead of one digest of the whole rubric, so rewording one criterion re-asks only the
     calls that carry it (in `per_criterion` mode: that criterion alone), not all seven. The label set is
     the fixed one, not only the labels this group shows: a relabelled image invalidates every call.
     """
