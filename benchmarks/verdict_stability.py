@@ -1,7 +1,7 @@
 """How often a gate's verdict holds, flips or is wrong, measured on simulated judges (issue "Verdicts").
 
 Each cell re-runs the same checkpoint K times with a simulated judge and decides it with the product's own
-functions (`verdicts.gates.checkpoint_findings`, `verdicts.baseline.compare_paired`), side by side with the
+functions (`verdicts.thresholds.checkpoint_findings`, `verdicts.baseline.compare_paired`), side by side with the
 old rule (the point mean against the minimum). The truth is known, so the promises can be checked:
 
 - a checkpoint truly at or below its minimum passes in < 2.5% of runs (any n, any judge kind);

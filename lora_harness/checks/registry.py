@@ -1,4 +1,4 @@
-"""Test parameters of the check fixtures, and running a check for one: keeps plugin.py's hooks thin."""
+"""Test parameters of the check fixtures, and running a check for one: keeps the plugin's hooks thin."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The `report` and `merge` subcommands of `lora-harness` (argument parsing lives in cli.py's parser)."""
+"""The `report` and `merge` subcommands of `lora-harness` (argument parsing lives in cli/main.py's parser)."""
 
 from __future__ import annotations
 

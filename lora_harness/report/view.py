@@ -1,7 +1,7 @@
 """What a report shows, computed from score rows: cases with verdicts, the checkpoint table, failing cases.
 
 Plain data, no HTML: the template only lays it out, and tests assert on these records directly. Verdicts use
-the same rules as the tests (`gates.py`), so the report and the pytest outcome never disagree: `fail` is a
+the same rules as the tests (`verdicts.thresholds`), so the report and the pytest outcome never disagree: `fail` is a
 gated checkpoint under a minimum, `xfail` an ungated one, `error` a score a judge could not compute.
 """
 

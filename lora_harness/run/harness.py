@@ -1,6 +1,6 @@
 """Run-wide state of one pytest process: config, cases, judges, and scoring with recording.
 
-Kept free of pytest so unit tests drive it directly; `plugin.py` only wires it to hooks and fixtures.
+Kept free of pytest so unit tests drive it directly; the plugin (`lora_harness.plugin`) only wires it to hooks and fixtures.
 Scoring records each judge's scores as soon as they exist, so a later judge's crash loses nothing.
 """
 

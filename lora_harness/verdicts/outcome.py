@@ -94,7 +94,7 @@ def run_badge(verdicts: Sequence[Verdict], *, has_rules: bool = True) -> Badge:
 
 
 def verdicts_of(records: Iterable[Mapping[str, Any]]) -> list[Verdict]:
-    """Verdicts recorded by tests (`gate_check.enforce`, stored in run.json) back as Verdict objects."""
+    """Verdicts recorded by tests (`verdicts.enforce.enforce`, stored in run.json) back as Verdict objects."""
     return [
         Verdict(r["decision"], bool(r.get("gated")), (str(r.get("where", "")),))
         for r in records
