@@ -460,7 +460,7 @@ class _ShardAndProgress:
         state = _state(self.config)
         if state.progress is None:
             interval = float(self.config.getoption("lora_progress"))
-            generates = any(isinstance(source, GenerateSource) for source in state.eval_config().sources)
+            generates = any(source.generates for source in state.eval_config().sources)
             phase = "generating and judging" if generates else "judging"  # images are made when first needed
             state.progress = PhaseProgress(phase, info["checkpoints"], info["images"], interval=interval)
         line = state.progress.item_done(info["checkpoint"], info["size"])
