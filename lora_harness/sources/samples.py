@@ -11,7 +11,7 @@ import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from lora_harness.core.cases import EvalCase, Prompt, case_order
 from lora_harness.core.prompts import read_prompt_file
@@ -36,7 +36,7 @@ class SampleFolderError(ValueError):
 class SamplesSource(SourceBase):
     """`[[sources]]` (`kind = "samples"`, the default): a kohya/fluxgym sample folder."""
 
-    description = "a kohya sample folder"
+    description: ClassVar[str] = "a kohya sample folder"
 
     kind: Literal["samples"] = "samples"
     path: Path
