@@ -297,7 +297,7 @@ def test_baselines_are_references_never_gated(tmp_path):
     from lora_harness.verdicts.thresholds import gated_checkpoints
     from lora_harness.run.harness import Harness
     from lora_harness.report.view import Rules
-    from lora_harness.sources.generate import baseline_names
+    from lora_harness.sources import baseline_names
 
     write_lora(tmp_path / "r4.safetensors", metadata={"ss_steps": "500"}, seed=1)
     write_lora(tmp_path / "old.safetensors", metadata={"ss_steps": "900"}, seed=3)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import difflib
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Sequence, Union
+from typing import Any, Iterable, Literal, Sequence
 
 from pydantic import (
-    BaseModel, ConfigDict, Discriminator, Field, NonNegativeFloat, Tag, ValidationError, field_validator, model_validator,
+    BaseModel, ConfigDict, Field, NonNegativeFloat, ValidationError, field_validator, model_validator,
 )
 
 from lora_harness.checks.settings import DiversityConfig, LeakageConfig, MemorizationConfig, StrengthConfig
 from lora_harness.generation.settings import PipelineConfig
 from lora_harness.core.images import DEFAULT_PIXEL_LIMIT
-from lora_harness.sources.generate import GenerateSource
+from lora_harness.sources import DEFAULT_SOURCE_KIND, SOURCE_KINDS, Source
 
 
 class ConfigError(ValueError):
@@ -34,37 +34,6 @@ class RunConfig(_Model):
     name: str = Field("lora-eval", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     report_dir: Path = Path("reports")
     image_pixel_limit: int = Field(DEFAULT_PIXEL_LIMIT, gt=0)
-
-
-class SamplesSource(_Model):
-    """A kohya/fluxgym sample folder."""
-
-    kind: Literal["samples"] = "samples"
-    path: Path
-    prompts: Path | None = None
-    name: str | None = None  # variant label; defaults to the folder name
-    loraname: str | None = None  # overrides the output name parsed from file names
-    ignore_unmatched: bool = False
-    on_duplicate: Literal["error", "latest"] = "error"
-
-
-SOURCE_KINDS: dict[str, type[BaseModel]] = {"samples": SamplesSource, "generate": GenerateSource}
-
-
-def _source_kind(value: Any) -> str:
-    """`kind` picks the source model; sources without one are sample folders (configs before generation mode)."""
-    return value.get("kind", "samples") if isinstance(value, dict) else getattr(value, "kind", "samples")
-
-
-Source = Annotated[
-    Union[Annotated[SamplesSource, Tag("samples")], Annotated[GenerateSource, Tag("generate")]],
-    Discriminator(
-        _source_kind,
-        custom_error_type="source_kind",
-        custom_error_message="unknown source kind; allowed: 'samples' (a kohya sample folder) or 'generate' "
-        "(images generated from LoRA checkpoints)",
-    ),
-]
 
 
 class PersonConfig(_Model):
@@ -268,11 +237,7 @@ def _resolve_paths(config: EvalConfig, base: Path) -> EvalConfig:
     return config.model_copy(
         update={
             "run": config.run.model_copy(update={"report_dir": resolve(config.run.report_dir)}),
-            "sources": [
-                s.resolved(resolve) if isinstance(s, GenerateSource)
-                else s.model_copy(update={"path": resolve(s.path), "prompts": resolve(s.prompts)})
-                for s in config.sources
-            ],
+            "sources": [s.resolved(resolve) for s in config.sources],
             "pipeline": config.pipeline.resolved(base),
             "judges": [_resolve_judge_paths(j, base) for j in config.judges],
             "person": config.person.model_copy(update={"references": [resolve(r) for r in config.person.references]}),
@@ -322,7 +287,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 _FIELDS_BY_SECTION = {
     "": EvalConfig.model_fields,
     "run": RunConfig.model_fields,
-    "sources": SamplesSource.model_fields,
+    "sources": SOURCE_KINDS[DEFAULT_SOURCE_KIND].model_fields,
     "pipeline": PipelineConfig.model_fields,
     "person": PersonConfig.model_fields,
     "judges": JudgeConfig.model_fields,

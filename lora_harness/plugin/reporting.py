@@ -14,7 +14,6 @@ from lora_harness.plugin.state import PROGRESS_KEY, is_worker, param, state_of
 from lora_harness.report.allure import allure_enabled
 from lora_harness.report.csv import step_label
 from lora_harness.run.progress import PhaseProgress
-from lora_harness.sources.generate import GenerateSource
 from lora_harness.verdicts.enforce import VERDICT_PROPERTY, current_properties
 
 
@@ -92,7 +91,7 @@ class ControllerReports:
         state = state_of(self.config)
         if state.progress is None:
             interval = float(self.config.getoption("lora_progress"))
-            generates = any(isinstance(source, GenerateSource) for source in state.eval_config().sources)
+            generates = any(source.generates for source in state.eval_config().sources)
             phase = "generating and judging" if generates else "judging"  # images are made when first needed
             state.progress = PhaseProgress(phase, info["checkpoints"], info["images"], interval=interval)
         line = state.progress.item_done(info["checkpoint"], info["size"])

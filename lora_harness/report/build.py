@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 from lora_harness.core.cases import Checkpoint
 from lora_harness.verdicts.thresholds import gated_checkpoints
-from lora_harness.sources.generate import baseline_names
+from lora_harness.sources import baseline_names
 
 from lora_harness.core.config import EvalConfig
 from lora_harness.report.csv import write_score_csvs

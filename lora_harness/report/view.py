@@ -26,7 +26,7 @@ from lora_harness.report.csv import metric_order, step_label
 from lora_harness.report.manifest import RunManifest
 from lora_harness.report.training_images import training_image_of
 from lora_harness.core.redact import Redactor
-from lora_harness.sources.generate import baseline_names
+from lora_harness.sources import baseline_names
 from lora_harness.verdicts.stats import mean_ci
 from lora_harness.run.store import ScoreRow
 

@@ -27,8 +27,8 @@ from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
 from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
 from lora_harness.judges.model_loading import UNAVAILABLE_KEY, ModelUnavailable
-from lora_harness.sources import collect_cases
-from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase, baseline_names
+from lora_harness.sources import baseline_names, collect_cases
+from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
 from lora_harness.sources.samples import IMAGE_SUFFIXES
 from lora_harness.verdicts.stats import CheckpointAggregates, aggregate
 from lora_harness.run.store import ScoreStore, latest_rows

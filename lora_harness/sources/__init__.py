@@ -1,17 +1,30 @@
-"""Where images come from: one module per kind of source, each turning its config into EvalCases."""
+"""Where images come from: one module per kind of source, each turning its config into EvalCases.
+
+Every kind implements `SourceBase` (sources/base.py) and is registered in `SOURCE_KINDS`; the config, case
+collection and the rest of the harness only use the table and those members.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 from lora_harness.core.cases import EvalCase
-from lora_harness.sources.generate import GenerateSource, GenerateSourceError, collect_generate_cases, same_generation
-from lora_harness.sources.samples import SampleFolderError, collect_sample_cases
+from lora_harness.sources.base import DEFAULT_SOURCE_KIND, SourceBase, source_union
+from lora_harness.sources.generate import GenerateSource, GenerateSourceError, same_generation
+from lora_harness.sources.samples import SampleFolderError, SamplesSource
 
 if TYPE_CHECKING:  # config.py imports the source models from this package: no runtime import back
     from lora_harness.core.config import EvalConfig
 
-__all__ = ["GenerateSourceError", "SampleFolderError", "collect_cases"]
+__all__ = [
+    "DEFAULT_SOURCE_KIND", "SOURCE_KINDS", "GenerateSourceError", "SampleFolderError", "Source", "SourceBase",
+    "baseline_names", "collect_cases",
+]
+
+# The kinds table: `kind = "..."` in a [[sources]] entry -> its model. A new kind is registered here.
+SOURCE_KINDS: dict[str, type[SourceBase]] = {"samples": SamplesSource, "generate": GenerateSource}
+
+Source = source_union(SOURCE_KINDS)  # the config's type of one [[sources]] entry
 
 
 def collect_cases(config: EvalConfig) -> list[EvalCase]:
@@ -19,9 +32,9 @@ def collect_cases(config: EvalConfig) -> list[EvalCase]:
     cases: dict[str, EvalCase] = {}
     for index, source in enumerate(config.sources):
         try:
-            found = _source_cases(source, config)
+            found = source.cases(config)
         except ValueError as exc:  # which [[sources]] entry: with several folders the path alone can mislead
-            raise _with_key(exc, f"sources[{index}] (path = '{source.path}')") from None
+            raise _with_key(exc, f"sources[{index}] ({source.label()})") from None
         for case in found:
             other = cases.get(case.key)
             if other is not None and same_generation(other, case):
@@ -35,17 +48,12 @@ def collect_cases(config: EvalConfig) -> list[EvalCase]:
     return list(cases.values())
 
 
-def _source_cases(source: object, config: EvalConfig) -> list[EvalCase]:
-    if isinstance(source, GenerateSource):
-        return list(collect_generate_cases(source, run_dir=config.run_dir))
-    return collect_sample_cases(
-        source.path,  # type: ignore[attr-defined]
-        prompts_file=source.prompts,  # type: ignore[attr-defined]
-        loraname=source.loraname,  # type: ignore[attr-defined]
-        variant=source.name or source.path.name,  # type: ignore[attr-defined]
-        ignore_unmatched=source.ignore_unmatched,  # type: ignore[attr-defined]
-        on_duplicate=source.on_duplicate,  # type: ignore[attr-defined]
-    )
+def baseline_names(sources: Iterable[SourceBase]) -> frozenset[str]:
+    """LoRA names of the sources' baselines: reference images to compare against, never gated.
+
+    The one rule, shared by the harness (which has the cases) and the report (which sees only the config).
+    """
+    return frozenset().union(*(source.baseline_names() for source in sources))
 
 
 def _with_key(exc: ValueError, key: str) -> ValueError:

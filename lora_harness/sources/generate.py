@@ -20,12 +20,16 @@ import struct
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lora_harness.core.cases import CaseRole, EvalCase, Prompt, StepKind, checkpoint_order, safe_id
 from lora_harness.core.prompts import parse_prompt_lines, read_prompt_file
+from lora_harness.sources.base import SourceBase
+
+if TYPE_CHECKING:  # core.config imports the source kinds: no runtime import back
+    from lora_harness.core.config import EvalConfig
 
 DEFAULT_SEED = 42
 BASE_MODEL_NAME = "base-model"
@@ -42,10 +46,11 @@ class GenerateSourceError(ValueError):
     pass
 
 
-class GenerateSource(BaseModel):
+class GenerateSource(SourceBase):
     """`[[sources]] kind = "generate"`: images generated from LoRA checkpoints with the `[pipeline]`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    generates: ClassVar[bool] = True
+    description: ClassVar[str] = "images generated from LoRA checkpoints"
 
     kind: Literal["generate"]
     lora: list[Path] = Field(min_length=1)  # LoRA file(s) and/or training output folder(s)
@@ -103,6 +108,24 @@ class GenerateSource(BaseModel):
                 "baseline": resolve(self.baseline) if isinstance(self.baseline, Path) else self.baseline,
             }
         )
+
+    def cases(self, config: EvalConfig) -> list[EvalCase]:
+        return list(collect_generate_cases(self, run_dir=config.run_dir))
+
+    def label(self) -> str:
+        shown = str(self.lora[0]) if len(self.lora) == 1 else ", ".join(str(p) for p in self.lora)
+        return f"lora = '{shown}'"
+
+    def baseline_names(self) -> frozenset[str]:
+        """The baseline's case name. A baseline file that cannot be read (moved since the run) gives none:
+        its cases then gate like any checkpoint, which errs on the strict side."""
+        if self.baseline is not None and self.baseline_name:
+            return frozenset({self.baseline_name})  # named in the config: no need to read the file
+        try:
+            baseline = baseline_of(self)
+        except (OSError, ValueError):  # GenerateSourceError is a ValueError
+            return frozenset()
+        return frozenset() if baseline is None else frozenset({baseline[1]})
 
 
 @dataclass(frozen=True)
@@ -398,26 +421,6 @@ def baseline_of(source: GenerateSource) -> tuple[LoraCheckpoint | None, str] | N
         )
     (base,) = find_checkpoints([source.baseline])  # type: ignore[list-item]
     return base, source.baseline_name or base.loraname
-
-
-def baseline_names(sources: Any) -> frozenset[str]:
-    """LoRA names of the generate sources' baselines: reference images to compare against, never gated.
-
-    A baseline file that cannot be read (moved since the run) is left out: its cases then gate like any
-    checkpoint, which errs on the strict side.
-    """
-    names = set()
-    for source in sources:
-        if isinstance(source, GenerateSource) and source.baseline is not None and source.baseline_name:
-            names.add(source.baseline_name)  # named in the config: no need to read the file
-        elif isinstance(source, GenerateSource):
-            try:
-                baseline = baseline_of(source)
-            except (OSError, ValueError):  # GenerateSourceError is a ValueError
-                continue
-            if baseline is not None:
-                names.add(baseline[1])
-    return frozenset(names)
 
 
 def collect_generate_cases(source: GenerateSource, *, run_dir: Path) -> list[GeneratedCase]:

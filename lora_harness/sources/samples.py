@@ -11,9 +11,14 @@ import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from lora_harness.core.cases import EvalCase, Prompt, case_order
 from lora_harness.core.prompts import read_prompt_file
+from lora_harness.sources.base import SourceBase
+
+if TYPE_CHECKING:  # core.config imports the source kinds: no runtime import back
+    from lora_harness.core.config import EvalConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 SAMPLE_NAME = re.compile(
@@ -26,6 +31,36 @@ EXPECTED_PATTERN = "<output_name>_<step:06d | e<epoch:06d>>_<prompt:02d>_<YYYYmm
 
 class SampleFolderError(ValueError):
     pass
+
+
+class SamplesSource(SourceBase):
+    """`[[sources]]` (`kind = "samples"`, the default): a kohya/fluxgym sample folder."""
+
+    description: ClassVar[str] = "a kohya sample folder"
+
+    kind: Literal["samples"] = "samples"
+    path: Path
+    prompts: Path | None = None
+    name: str | None = None  # variant label; defaults to the folder name
+    loraname: str | None = None  # overrides the output name parsed from file names
+    ignore_unmatched: bool = False
+    on_duplicate: Literal["error", "latest"] = "error"
+
+    def cases(self, config: EvalConfig) -> list[EvalCase]:
+        return collect_sample_cases(
+            self.path,
+            prompts_file=self.prompts,
+            loraname=self.loraname,
+            variant=self.name or self.path.name,
+            ignore_unmatched=self.ignore_unmatched,
+            on_duplicate=self.on_duplicate,
+        )
+
+    def label(self) -> str:
+        return f"path = '{self.path}'"
+
+    def resolved(self, resolve: Callable[[Path | None], Path | None]) -> "SamplesSource":
+        return self.model_copy(update={"path": resolve(self.path), "prompts": resolve(self.prompts)})
 
 
 @dataclass(frozen=True)
