@@ -323,7 +323,7 @@ def _parametrizations(harness: Harness, names: Any) -> list[_Parametrization]:
         pairwise = harness.pairwise_comparisons()  # none configured: one case that skips
         ids = [c.test_id for c in pairwise] or ["no-pairwise-judge"]
         found.append(_Parametrization("lora_pairwise_comparison", pairwise or [None], ids, True))
-    for fixture in lora_checks.FIXTURES:  # leakage / strength / memorization (lora_harness.checks)
+    for fixture in lora_checks.FIXTURES:  # the registered LoRA checks (lora_harness.checks.registry)
         if fixture in names:
             values, ids = lora_checks.params(harness, fixture)
             found.append(_Parametrization(fixture, values, ids, True))
@@ -726,52 +726,22 @@ def _snapshot_stored(assertion: Any) -> bool:
         return True
 
 
-def _lora_check(request: pytest.FixtureRequest, harness: Harness) -> Any:
-    """A LoRA check of one checkpoint (lora_harness.checks); `.check()` asserts with the usual gating."""
-    fixture = request.fixturename
-    if request.param is None:
-        pytest.skip(lora_checks.SKIP_REASONS[fixture])
-    memorization = request.getfixturevalue("_lora_memorization") if fixture == "lora_memorization_check" else None
-    diversity = request.getfixturevalue("_lora_diversity") if fixture == "lora_diversity_check" else None
-    return lora_checks.run_check(harness, fixture, request.param, memorization, diversity)
+def _check_fixture(check: Any) -> Any:
+    """The fixture of a registered LoRA check (lora_harness.checks): one checkpoint's result, or a skip saying
+    what to configure; `.check()` asserts with the usual gating."""
+
+    def fixture(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
+        if request.param is None:
+            pytest.skip(lora_checks.skip_reason(request.fixturename))
+        return lora_checks.run_check(lora_harness, request.fixturename, request.param)
+
+    fixture.__doc__ = check.fixture_doc  # what `pytest --fixtures` shows
+    return pytest.fixture(fixture, name=check.fixture)
 
 
-@pytest.fixture(scope="session")
-def _lora_memorization(lora_harness: Harness) -> Any:
-    from lora_harness.checks.memorization import MemorizationCheck
-
-    return MemorizationCheck(lora_harness.config)  # training images and judges load once per worker
-
-
-@pytest.fixture(scope="session")
-def _lora_diversity(lora_harness: Harness) -> Any:
-    from lora_harness.checks.diversity import DiversityCheck
-
-    return DiversityCheck(lora_harness)  # the face backend loads once per worker
-
-
-@pytest.fixture
-def lora_diversity_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
-    """A checkpoint's images as a set: diversity below `[diversity] min` fails ("all images look alike")."""
-    return _lora_check(request, lora_harness)
-
-
-@pytest.fixture
-def lora_leakage_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
-    """Prompts without the trigger, LoRA loaded: identity to the references must stay below `[leakage] max_identity`."""
-    return _lora_check(request, lora_harness)
-
-
-@pytest.fixture
-def lora_strength_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
-    """One prompt/seed at `[strength] scales`: metric(high) - metric(low) must reach `margin`."""
-    return _lora_check(request, lora_harness)
-
-
-@pytest.fixture
-def lora_memorization_check(request: pytest.FixtureRequest, lora_harness: Harness) -> Any:
-    """Each image vs the training images: near-copies above `[memorization] max_similarity` fail."""
-    return _lora_check(request, lora_harness)
+# lora_leakage_check, lora_strength_check, lora_memorization_check, lora_diversity_check: one per registered check
+for _check in lora_checks.CHECKS:
+    globals()[_check.fixture] = _check_fixture(_check)
 
 
 @pytest.fixture(scope="session")
