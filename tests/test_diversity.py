@@ -14,7 +14,7 @@ from skimage import data
 
 from face_images import astronaut, lfw_face
 from lora_harness.core.cases import Checkpoint
-from lora_harness.checks.diversity import DiversityCheck, set_scores
+from lora_harness.checks.diversity import set_scores
 from lora_harness.checks.registry import params, run_check
 from lora_harness.core.config import ConfigError, parse_config
 from lora_harness.analyses.diversity_metrics import image_embeddings, mean_pairwise_cosine_distance, mean_pairwise_distance, vendi_score
@@ -95,12 +95,11 @@ def test_collapsed_checkpoint_fails_its_minimum_and_varied_passes(tmp_path: Path
     harness = harness_for(tmp_path, {"identity": False})
     values, ids = params(harness, "lora_diversity_check")
     assert values == [Checkpoint(LORA, 200, "step"), Checkpoint(LORA, 400, "step")]
-    check = DiversityCheck(harness)
-    collapsed_check = run_check(harness, "lora_diversity_check", values[0], diversity=check)
+    collapsed_check = run_check(harness, "lora_diversity_check", values[0])
     with pytest.raises(AssertionError, match="all images look alike") as failure:
         collapsed_check.check()
     assert "diversity_image = 0.0" in str(failure.value) and "< minimum 0.1" in str(failure.value)
-    run_check(harness, "lora_diversity_check", values[1], diversity=check).check()  # varied: passes
+    run_check(harness, "lora_diversity_check", values[1]).check()  # varied: passes
     rows = [r for r in latest_rows(read_rows(tmp_path / "reports" / "div")) if r.judge == "diversity"]
     by_step = {(r.training_step, r.metric): r.value for r in rows}
     assert by_step[(200, "diversity_image")] < 0.05 < 0.3 < by_step[(400, "diversity_image")]
@@ -119,10 +118,9 @@ def test_identity_diversity_from_real_faces(tmp_path: Path, judges: list) -> Non
     """With face_identity configured, its stored descriptors are reused; without it, faces are detected here."""
     pytest.importorskip("dlib", reason="identity diversity needs the `face` extra")
     harness = harness_for(tmp_path, {"min": {"diversity_identity": 0.2}}, judges=judges)
-    check = DiversityCheck(harness)
     with pytest.raises(AssertionError, match=r"diversity_identity = 0\.\d+ < minimum 0\.2"):
-        run_check(harness, "lora_diversity_check", Checkpoint(LORA, 200, "step"), diversity=check).check()
-    run_check(harness, "lora_diversity_check", Checkpoint(LORA, 400, "step"), diversity=check).check()
+        run_check(harness, "lora_diversity_check", Checkpoint(LORA, 200, "step")).check()
+    run_check(harness, "lora_diversity_check", Checkpoint(LORA, 400, "step")).check()
     rows = {(r.training_step, r.metric): r for r in latest_rows(read_rows(tmp_path / "reports" / "div")) if r.judge == "diversity"}
     varied_identity = rows[(400, "diversity_identity")]
     assert varied_identity.value > 0.3  # the astronaut twice and an LFW stranger: one pair far apart

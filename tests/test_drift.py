@@ -17,7 +17,8 @@ import tiny_flux  # noqa: E402
 from lora_harness.core.cases import Checkpoint  # noqa: E402
 from lora_harness.checks.extra_cases import LEAKAGE  # noqa: E402
 from lora_harness.checks.drift import base_twin, pixel_drift  # noqa: E402
-from lora_harness.checks.leakage import cases_for, evaluate_leakage  # noqa: E402
+from lora_harness.checks.extra_cases import cases_for  # noqa: E402
+from lora_harness.checks.leakage import evaluate_leakage  # noqa: E402
 from lora_harness.checks.registry import run_check  # noqa: E402
 from lora_harness.core.config import ConfigError, parse_config  # noqa: E402
 from lora_harness.run.harness import Harness  # noqa: E402

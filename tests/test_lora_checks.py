@@ -129,7 +129,7 @@ def test_strength_gain_is_gated_per_checkpoint(run) -> None:
 
 def test_memorization_flags_the_copied_image_and_names_the_training_file(run) -> None:
     harness, root = run
-    checker = MemorizationCheck(harness.config)
+    checker = MemorizationCheck()
     copied, other = checker.evaluate(harness, E2), checker.evaluate(harness, E1)
     assert len(copied.failures) == 1
     assert "memorization_pixel_similarity_max = 1.0000 > ceiling 0.9999" in copied.failures[0]

@@ -99,7 +99,7 @@ def test_a_secret_through_every_store_path_is_nowhere_under_the_run_folder(tmp_p
     scores = harness.score(cand)  # 1. a case judge's exception text
     (comparison,) = harness.pairwise_comparisons()
     result = harness.compare(comparison)  # 2. a pairwise comparison
-    memorization = MemorizationCheck(harness.config).evaluate(harness, Checkpoint.of(cand))  # 3. memorization
+    memorization = MemorizationCheck().evaluate(harness, Checkpoint.of(cand))  # 3. memorization
     harness.record(cand, Score("own", 1.0, {"note": f"used {SECRET}"}), source="test:own")  # 4. lora_record
     row = ScoreRow.of(cand, Score("appended", None, error=f"denied: {SECRET}"), judge="x", judge_version="1",
                       run_id="r1", worker="main")

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lora_harness.core.cases import Checkpoint, EvalCase, latest_per_lora
+from lora_harness.checks.base import Check
 from lora_harness.checks.result import CheckResult
+from lora_harness.core.cases import Checkpoint, EvalCase, latest_per_lora
 from lora_harness.analyses.diversity_metrics import (
     image_embeddings,
     mean_pairwise_cosine_distance,
@@ -29,6 +30,7 @@ from lora_harness.judges.model_loading import ModelUnavailable
 from lora_harness.run.store import ScoreRow
 
 if TYPE_CHECKING:
+    from lora_harness.checks.settings import DiversityConfig
     from lora_harness.run.harness import Harness
 
 SOURCE = "diversity"
@@ -70,22 +72,30 @@ def set_scores(images: list[np.ndarray], descriptors: list[np.ndarray] | None, f
     ]
 
 
-class DiversityCheck:
-    """The face backend (when identity metrics are asked for) is loaded once per process."""
+class DiversityCheck(Check):
+    """The face backend (when identity metrics are asked for) is loaded on first use, once per harness (so once
+    per worker)."""
 
-    def __init__(self, harness: "Harness") -> None:
-        assert harness.config.diversity is not None, "DiversityCheck needs a [diversity] section"
-        self.config = harness.config.diversity
-        self._options = next((dict(j.options) for j in harness.config.judges if j.name == "face_identity"), {})
-        self._judge_configured = any(j.name == "face_identity" for j in harness.config.judges)
+    name = SOURCE
+    skip_reason = (
+        "no diversity check configured: add a [diversity] section (e.g. min = { diversity_image = 0.1 }) to the "
+        "eval config"
+    )
+    fixture_doc = "A checkpoint's images as a set: diversity below `[diversity] min` fails (\"all images look alike\")."
+
+    def __init__(self) -> None:
         self._judge: Any = None
         self._unavailable: str | None = None
 
-    def _faces(self) -> Any:
+    def targets(self, harness: "Harness") -> list[Checkpoint]:
+        return diversity_targets(harness)
+
+    def _faces(self, harness: "Harness") -> Any:
         if self._judge is None and self._unavailable is None:
             from lora_harness.judges.face_identity import FaceIdentityJudge
 
-            judge = FaceIdentityJudge(**self._options)
+            options = next((dict(j.options) for j in harness.config.judges if j.name == "face_identity"), {})
+            judge = FaceIdentityJudge(**options)
             try:
                 self._judge = (judge, judge.backend_models())
             except ModelUnavailable as exc:
@@ -108,17 +118,18 @@ class DiversityCheck:
                 return None  # scores of an older judge version without descriptors
         return found, faceless
 
-    def descriptors(self, images: list[np.ndarray], result: CheckResult, harness: "Harness | None" = None,
-                    cases: list[EvalCase] | None = None) -> tuple[list[np.ndarray], int] | None:
-        if not self.config.identity:
+    def descriptors(self, harness: "Harness", images: list[np.ndarray], cases: list[EvalCase],
+                    result: CheckResult) -> tuple[list[np.ndarray], int] | None:
+        config = _config(harness)
+        if not config.identity:
             return None
-        if harness is not None and cases is not None and self._judge_configured:
+        if any(j.name == "face_identity" for j in harness.config.judges):
             stored = self.stored_descriptors(harness, cases)
             if stored is not None:
                 return stored
-        loaded = self._faces()
+        loaded = self._faces(harness)
         if loaded is None:
-            gated = any(m in self.config.min for m in ("diversity_identity", "vendi_identity"))
+            gated = any(m in config.min for m in ("diversity_identity", "vendi_identity"))
             (result.unavailable if gated else result.lines).append(f"identity diversity: {self._unavailable}")
             return None
         judge, backend = loaded
@@ -132,7 +143,8 @@ class DiversityCheck:
         return found, faceless
 
     def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
-        result = CheckResult(SOURCE, checkpoint)
+        config = _config(harness)
+        result = CheckResult(self.name, checkpoint)
         cases, images = [], []
         for case in diversity_cases(harness, checkpoint):
             try:
@@ -143,14 +155,14 @@ class DiversityCheck:
         if len(images) < 2:
             result.errors.append(f"{len(images)} readable image(s); diversity needs at least two per checkpoint")
             return result
-        faces = self.descriptors(images, result, harness, cases)
+        faces = self.descriptors(harness, images, cases, result)
         scores = set_scores(images, *(faces or (None, 0)))
         harness.store.append([
             ScoreRow.of(cases[0], s, judge=SOURCE, judge_version=VERSION, run_id=harness.run_id, worker=harness.worker)
             for s in scores
         ])
         for score in scores:
-            limit = self.config.min.get(score.metric)
+            limit = config.min.get(score.metric)
             if score.value is None:
                 line = f"{score.metric} missing ({score.raw.get('missing')})"
                 (result.errors if limit is not None else result.lines).append(line)
@@ -162,3 +174,9 @@ class DiversityCheck:
             else:
                 result.lines.append(f"{score.metric} = {score.value:.4f}" + (f" (minimum {limit:g})" if limit is not None else ""))
         return result
+
+
+def _config(harness: "Harness") -> "DiversityConfig":
+    config = harness.config.diversity
+    assert config is not None, "the diversity check needs a [diversity] section"
+    return config

@@ -84,17 +84,12 @@ def evaluate_drift(harness: "Harness", checkpoint: Checkpoint, cases: list[EvalC
         where = f"{case.key} {case.prompt.text!r}"
         for score in scores:
             limit = ceiling(config.max_drift, score.metric)
-            if score.error:
-                result.errors.append(f"{where}: {score.error}")
-            elif score.value is None:
-                result.lines.append(f"{where}: {score.metric} not measured ({score.raw.get('missing')})")
-            elif limit is not None and score.value > limit:
-                result.failures.append(
-                    f"{where}: {score.metric} = {score.value:.4f} > ceiling {limit:g}: with the LoRA loaded, a prompt "
-                    f"without the trigger no longer gives the base model's image ({twin.image_path})"
-                )
-            else:
-                result.lines.append(f"{where}: {score.metric} = {score.value:.4f}" + (f" (ceiling {limit:g})" if limit is not None else ""))
+            result.against_ceiling(
+                where, score, limit, missing=f"not measured ({score.raw.get('missing')})",
+                over=f": with the LoRA loaded, a prompt without the trigger no longer gives the base model's image "
+                f"({twin.image_path})",
+                within=f" (ceiling {limit:g})" if limit is not None else "",
+            )
 
 
 def _embedding_drift(name: str, options: dict[str, Any], case: EvalCase, image: Any, base: Any, raw: dict[str, Any],

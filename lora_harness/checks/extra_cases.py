@@ -12,12 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from lora_harness.core.cases import CaseRole, Checkpoint, EvalCase, Prompt, latest_per_lora
+from lora_harness.core.cases import CaseRole, Checkpoint, EvalCase, Prompt, checkpoint_order, latest_per_lora
 from lora_harness.core.prompts import parse_prompt_line, prompt_lines
+from lora_harness.judges.model_loading import UNAVAILABLE_KEY
 from lora_harness.sources.generate import DEFAULT_SEED, GeneratedCase, image_path
 
 if TYPE_CHECKING:
     from lora_harness.core.config import EvalConfig
+    from lora_harness.run.harness import Harness
 
 LEAKAGE: CaseRole = "leakage"
 STRENGTH: CaseRole = "strength"
@@ -29,6 +31,28 @@ def owner(case: EvalCase) -> Checkpoint:
     if "of" not in case.extra:
         return Checkpoint.of(case)
     return Checkpoint(case.extra["of"], case.training_step, case.step_kind)
+
+
+def check_targets(harness: "Harness", check_role: str) -> list[Checkpoint]:
+    """The LoRA checkpoints that have cases of this role, in sweep order."""
+    found = {owner(c) for c in harness.check_cases if c.role == check_role}
+    return sorted(found, key=checkpoint_order)
+
+
+def cases_for(harness: "Harness", checkpoint: Checkpoint, check_role: str) -> list[EvalCase]:
+    return [c for c in harness.check_cases if c.role == check_role and owner(c) == checkpoint]
+
+
+def metric_value(harness: "Harness", case: EvalCase, metric: str) -> tuple[float | None, str | None, str | None]:
+    """(value, error, unavailable reason) of one metric of a case, judged now if needed."""
+    score = harness.score(case).get(metric)
+    if score is None:
+        return None, f"{case.key}: no {metric} score", None
+    if score.error is not None:
+        return None, f"{case.key}: {score.error}", None
+    if score.value is None and UNAVAILABLE_KEY in score.raw:
+        return None, None, str(score.raw[UNAVAILABLE_KEY])
+    return score.value, None, None
 
 
 def scale_label(scale: float) -> str:

@@ -10,41 +10,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lora_harness.core.cases import Checkpoint, EvalCase, checkpoint_order
-from lora_harness.checks.extra_cases import LEAKAGE, owner
+from lora_harness.checks.base import Check
+from lora_harness.checks.extra_cases import LEAKAGE, cases_for, check_targets, metric_value
 from lora_harness.checks.result import CheckResult
-from lora_harness.judges.model_loading import UNAVAILABLE_KEY
+from lora_harness.core.cases import Checkpoint
 
 if TYPE_CHECKING:
     from lora_harness.run.harness import Harness
 
 
-def check_targets(harness: "Harness", check_role: str) -> list[Checkpoint]:
-    """The LoRA checkpoints that have cases of this role, in sweep order."""
-    found = {owner(c) for c in harness.check_cases if c.role == check_role}
-    return sorted(found, key=checkpoint_order)
+class LeakageCheck(Check):
+    name = "leakage"
+    skip_reason = (
+        "no leakage check configured: add a [leakage] section (prompts without the trigger, max_identity) and a "
+        "generate source (kind = \"generate\") to the eval config"
+    )
+    fixture_doc = (
+        "Prompts without the trigger, LoRA loaded: identity to the references must stay below `[leakage] max_identity`."
+    )
 
+    def targets(self, harness: "Harness") -> list[Checkpoint]:
+        return check_targets(harness, LEAKAGE)
 
-def cases_for(harness: "Harness", checkpoint: Checkpoint, check_role: str) -> list[EvalCase]:
-    return [c for c in harness.check_cases if c.role == check_role and owner(c) == checkpoint]
-
-
-def metric_value(harness: "Harness", case: EvalCase, metric: str) -> tuple[float | None, str | None, str | None]:
-    """(value, error, unavailable reason) of one metric of a case, judged now if needed."""
-    score = harness.score(case).get(metric)
-    if score is None:
-        return None, f"{case.key}: no {metric} score", None
-    if score.error is not None:
-        return None, f"{case.key}: {score.error}", None
-    if score.value is None and UNAVAILABLE_KEY in score.raw:
-        return None, None, str(score.raw[UNAVAILABLE_KEY])
-    return score.value, None, None
+    def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
+        return evaluate_leakage(harness, checkpoint)
 
 
 def evaluate_leakage(harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
     config = harness.config.leakage
     assert config is not None, "evaluate_leakage needs a [leakage] section"
-    result = CheckResult("leakage", checkpoint)
+    result = CheckResult(LeakageCheck.name, checkpoint)
     for case in cases_for(harness, checkpoint, LEAKAGE):
         value, error, unavailable = metric_value(harness, case, config.metric)
         where = f"{case.key} {case.prompt.text!r} ({case.image_path})"

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lora_harness.core.cases import Checkpoint
+from lora_harness.checks.base import Check
 from lora_harness.checks.extra_cases import MEMORIZATION
+from lora_harness.core.cases import Checkpoint
 from lora_harness.checks.result import CheckResult
 from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges import JudgeContext, Score, create_judge
@@ -57,36 +58,44 @@ def memorization_ceilings(config: "EvalConfig") -> dict[str, float]:
     return {metric: limit for metric, limit in limits.items() if limit is not None}
 
 
-class MemorizationCheck:
-    """Training images and similarity judges, loaded once per process on first use."""
+class MemorizationCheck(Check):
+    """Training images and similarity judges: loaded on first use, once per harness (so once per worker)."""
 
-    def __init__(self, config: "EvalConfig") -> None:
-        assert config.memorization is not None, "MemorizationCheck needs a [memorization] section"
-        self.config = config.memorization
-        self._pixel_limit = config.run.image_pixel_limit
-        self._options = {j.name: j.options for j in config.judges}  # a judge's options from [[judges]] when listed
+    name = "memorization"
+    skip_reason = "no memorization check configured: add [memorization] training_dir = \"...\" to the eval config"
+    fixture_doc = "Each image vs the training images: near-copies above `[memorization] max_similarity` fail."
+
+    def __init__(self) -> None:
         self._context: JudgeContext | None = None
         self._judges: list[Any] | None = None
 
-    def context(self, worker_count: int = 1) -> JudgeContext:
+    def targets(self, harness: "Harness") -> list[Checkpoint]:
+        if harness.config.memorization is None:
+            return []
+        return [c for c in harness.checkpoints if any(not case.is_baseline for case in harness.cases_of(c))]
+
+    def context(self, harness: "Harness") -> JudgeContext:
         if self._context is None:
-            paths = training_images(self.config.training_dir)
+            config = _config(harness)
+            paths = training_images(config.training_dir)
             if not paths:
                 raise ImageError(
                     f"no training images ({', '.join(sorted(IMAGE_SUFFIXES))}) under memorization.training_dir "
-                    f"{self.config.training_dir}"
+                    f"{config.training_dir}"
                 )
-            images = [load_rgb(p, pixel_limit=self._pixel_limit) for p in paths]
-            self._context = JudgeContext(reference_images=images, reference_paths=paths, worker_count=worker_count)
+            images = [load_rgb(p, pixel_limit=harness.config.run.image_pixel_limit) for p in paths]
+            self._context = JudgeContext(reference_images=images, reference_paths=paths, worker_count=harness.worker_count)
         return self._context
 
-    def judges(self) -> list[Any]:
+    def judges(self, harness: "Harness") -> list[Any]:
         if self._judges is None:
-            self._judges = [create_judge(name, self._options.get(name, {})) for name in self.config.judges]
+            options = {j.name: j.options for j in harness.config.judges}  # a judge's options from [[judges]] when listed
+            self._judges = [create_judge(name, options.get(name, {})) for name in _config(harness).judges]
         return self._judges
 
     def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
-        result = CheckResult("memorization", checkpoint)
+        config = _config(harness)
+        result = CheckResult(self.name, checkpoint)
         cases = [c for c in harness.cases_of(checkpoint) if not c.is_check]
         items = []
         for case in cases:
@@ -97,13 +106,13 @@ class MemorizationCheck:
         if not items:
             return result
         try:
-            context = self.context(harness.worker_count)
+            context = self.context(harness)
         except ImageError as exc:
             result.errors.append(f"training images unusable: {exc}; fix memorization.training_dir")
             return result
         by_name = _path_names(context.reference_paths)
-        for judge in self.judges():
-            metric, limit = metric_name(judge.name), ceiling(self.config, judge.name)
+        for judge in self.judges(harness):
+            metric, limit = metric_name(judge.name), ceiling(config, judge.name)
             try:
                 results = judge_many(judge, items, context)
             except ModelUnavailable as exc:
@@ -118,19 +127,19 @@ class MemorizationCheck:
                 # Store only (as pairwise comparisons do): the case's score set in the harness stays the case
                 # judges' business, so a later `score(case)` still runs them.
                 ((_, (score,)),) = harness.store.record([(case, [score])], judge=SOURCE, judge_version=f"{judge.name} {judge.version}")
-                where = f"{case.key} ({case.image_path})"
-                if score.error:
-                    result.errors.append(f"{where}: {score.error}")
-                elif score.value is None:
-                    result.lines.append(f"{where}: {metric} missing ({score.raw.get('missing', 'no value')})")
-                elif limit is not None and score.value > limit:
-                    result.failures.append(
-                        f"{where}: {metric} = {score.value:.4f} > ceiling {limit}: near-copy of training image "
-                        f"{score.raw.get('training_image')}"
-                    )
-                else:
-                    result.lines.append(f"{where}: {metric} = {score.value:.4f} (closest: {score.raw.get('training_image')})")
+                closest = score.raw.get("training_image")
+                result.against_ceiling(
+                    f"{case.key} ({case.image_path})", score, limit,
+                    missing=f"missing ({score.raw.get('missing', 'no value')})",
+                    over=f": near-copy of training image {closest}", within=f" (closest: {closest})",
+                )
         return result
+
+
+def _config(harness: "Harness") -> "MemorizationConfig":
+    config = harness.config.memorization
+    assert config is not None, "the memorization check needs a [memorization] section"
+    return config
 
 
 def _path_names(paths: Any) -> dict[str, str]:

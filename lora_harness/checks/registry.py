@@ -1,62 +1,60 @@
-"""Test parameters of the check fixtures, and running a check for one: keeps the plugin's hooks thin."""
+"""The registered LoRA checks, and what the plugin asks of them by fixture name: the test parameters, why a
+test skips, one checkpoint's gated result. Nothing here knows a check by name: adding a check is its module
+(a `lora_harness.checks.base.Check`) and one line in `CHECKS`."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
-from lora_harness.core.cases import Checkpoint
-from lora_harness.checks.extra_cases import LEAKAGE, STRENGTH
-from lora_harness.checks.verdict import GatedCheck
-from lora_harness.checks.leakage import check_targets, evaluate_leakage
-from lora_harness.checks.diversity import DiversityCheck, diversity_targets
+from lora_harness.checks.base import Check
+from lora_harness.checks.diversity import DiversityCheck
+from lora_harness.checks.leakage import LeakageCheck
 from lora_harness.checks.memorization import MemorizationCheck
-from lora_harness.checks.strength import evaluate_strength
+from lora_harness.checks.strength import StrengthCheck
+from lora_harness.checks.verdict import GatedCheck
+from lora_harness.core.cases import Checkpoint
 
 if TYPE_CHECKING:
     from lora_harness.run.harness import Harness
 
-FIXTURES = ("lora_leakage_check", "lora_strength_check", "lora_memorization_check", "lora_diversity_check")
+CHECKS: tuple[type[Check], ...] = (LeakageCheck, StrengthCheck, MemorizationCheck, DiversityCheck)
 
-SKIP_REASONS = {
-    "lora_leakage_check": "no leakage check configured: add a [leakage] section (prompts without the trigger, "
-    "max_identity) and a generate source (kind = \"generate\") to the eval config",
-    "lora_strength_check": "no strength sweep configured: add a [strength] section (scales, margin) and a generate "
-    "source (kind = \"generate\") to the eval config",
-    "lora_memorization_check": "no memorization check configured: add [memorization] training_dir = \"...\" to the "
-    "eval config",
-    "lora_diversity_check": "no diversity check configured: add a [diversity] section (e.g. min = "
-    "{ diversity_image = 0.1 }) to the eval config",
-}
+FIXTURES = tuple(check.fixture for check in CHECKS)  # what the plugin defines and parametrizes
+
+# One object per check and harness (a harness is one per xdist worker): what a check loads, it loads once.
+_objects: "WeakKeyDictionary[Harness, dict[type[Check], Check]]" = WeakKeyDictionary()
 
 
-def targets(harness: "Harness", fixture: str) -> list[Checkpoint]:
-    if fixture == "lora_leakage_check":
-        return check_targets(harness, LEAKAGE)
-    if fixture == "lora_strength_check":
-        return check_targets(harness, STRENGTH)
-    if fixture == "lora_diversity_check":
-        return diversity_targets(harness)
-    if harness.config.memorization is None:
-        return []
-    return [c for c in harness.checkpoints if any(not case.is_baseline for case in harness.cases_of(c))]
+def check_class(fixture: str) -> type[Check]:
+    for check in CHECKS:
+        if check.fixture == fixture:
+            return check
+    raise KeyError(f"no LoRA check answers to fixture {fixture!r}; registered: {', '.join(c.fixture for c in CHECKS)}")
 
 
-def run_check(harness: "Harness", fixture: str, checkpoint: Checkpoint, memorization: MemorizationCheck | None = None,
-              diversity: DiversityCheck | None = None) -> GatedCheck:
-    if fixture == "lora_leakage_check":
-        result = evaluate_leakage(harness, checkpoint)
-    elif fixture == "lora_strength_check":
-        result = evaluate_strength(harness, checkpoint)
-    elif fixture == "lora_diversity_check":
-        result = (diversity or DiversityCheck(harness)).evaluate(harness, checkpoint)
-    else:
-        result = (memorization or MemorizationCheck(harness.config)).evaluate(harness, checkpoint)
-    return GatedCheck(result, gated=harness.is_gated(checkpoint), policy=harness.policy)
+def check_for(harness: "Harness", fixture: str) -> Check:
+    """This harness's object of the check behind `fixture`, made on first use."""
+    cls = check_class(fixture)
+    objects = _objects.setdefault(harness, {})
+    if cls not in objects:
+        objects[cls] = cls()
+    return objects[cls]
+
+
+def skip_reason(fixture: str) -> str:
+    return check_class(fixture).skip_reason
 
 
 def params(harness: "Harness", fixture: str) -> tuple[list[Any], list[str]]:
     """Checkpoints to parametrize over; none configured: one None parameter whose test skips, saying why."""
-    found = targets(harness, fixture)
+    check = check_for(harness, fixture)
+    found: list[Checkpoint] = check.targets(harness)
     if not found:
-        return [None], [f"no-{fixture.removeprefix('lora_').removesuffix('_check')}-config"]
+        return [None], [f"no-{check.name}-config"]
     return list(found), [c.test_id for c in found]
+
+
+def run_check(harness: "Harness", fixture: str, checkpoint: Checkpoint) -> GatedCheck:
+    result = check_for(harness, fixture).evaluate(harness, checkpoint)
+    return GatedCheck(result, gated=harness.is_gated(checkpoint), policy=harness.policy)

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from lora_harness.core.cases import Checkpoint
-from lora_harness.checks.extra_cases import STRENGTH
-from lora_harness.checks.leakage import cases_for, metric_value
+from lora_harness.checks.base import Check
+from lora_harness.checks.extra_cases import STRENGTH, cases_for, check_targets, metric_value
 from lora_harness.checks.result import CheckResult
+from lora_harness.core.cases import Checkpoint
 from lora_harness.checks.settings import StrengthDirection
 
 # Metrics that measure the person (or the prompt's content): the LoRA must raise them.
@@ -24,6 +24,21 @@ _RISING = ("identity", "similarity", "clip", "dino")
 
 if TYPE_CHECKING:
     from lora_harness.run.harness import Harness
+
+
+class StrengthCheck(Check):
+    name = "strength"
+    skip_reason = (
+        "no strength sweep configured: add a [strength] section (scales, margin) and a generate source "
+        "(kind = \"generate\") to the eval config"
+    )
+    fixture_doc = "One prompt/seed at `[strength] scales`: metric(high) - metric(low) must reach `margin`."
+
+    def targets(self, harness: "Harness") -> list[Checkpoint]:
+        return check_targets(harness, STRENGTH)
+
+    def evaluate(self, harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
+        return evaluate_strength(harness, checkpoint)
 
 
 def scale_means(harness: "Harness", checkpoint: Checkpoint, result: CheckResult) -> dict[float, float | None]:
@@ -45,7 +60,7 @@ def scale_means(harness: "Harness", checkpoint: Checkpoint, result: CheckResult)
 def evaluate_strength(harness: "Harness", checkpoint: Checkpoint) -> CheckResult:
     config = harness.config.strength
     assert config is not None, "evaluate_strength needs a [strength] section"
-    result = CheckResult("strength", checkpoint)
+    result = CheckResult(StrengthCheck.name, checkpoint)
     means = scale_means(harness, checkpoint, result)
     result.lines.extend(
         f"scale {s:g}: {config.metric} = " + ("missing" if m is None else f"{m:.4f}") for s, m in sorted(means.items())

@@ -48,7 +48,7 @@ def parametrizations(harness: Harness, names: Any) -> list[Parametrization]:
         pairwise = harness.pairwise_comparisons()  # none configured: one case that skips
         ids = [c.test_id for c in pairwise] or ["no-pairwise-judge"]
         found.append(Parametrization("lora_pairwise_comparison", pairwise or [None], ids, True))
-    for fixture in lora_checks.FIXTURES:  # leakage / strength / memorization (lora_harness.checks)
+    for fixture in lora_checks.FIXTURES:  # the registered LoRA checks (lora_harness.checks.registry)
         if fixture in names:
             values, ids = lora_checks.params(harness, fixture)
             found.append(Parametrization(fixture, values, ids, True))
