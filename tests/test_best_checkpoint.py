@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lora_harness.verdicts.best_checkpoint import check_best_config, choose_best, means_from_rows
+from lora_harness.verdicts.best_checkpoint import validate_best_section, choose_best, means_from_rows
 from lora_harness.core.cases import Checkpoint
 from lora_harness.core.config import BestConfig, ConfigError, load_config
 from lora_harness.verdicts.thresholds import gated_checkpoints
@@ -98,10 +98,10 @@ def test_a_metric_without_values_excludes_the_checkpoint() -> None:
 
 def test_config_checks_name_unknown_metrics() -> None:
     with pytest.raises(ConfigError, match="best.minimums names metric\\(s\\) identiy that no configured judge produces"):
-        check_best_config(BestConfig(minimums={"identiy": 0.5}), ["identity"])
+        validate_best_section(BestConfig(minimums={"identiy": 0.5}), ["identity"])
     with pytest.raises(ConfigError, match="best.weights are all 0"):
-        check_best_config(BestConfig(weights={"identity": 0}), ["identity"])
-    check_best_config(None, ["identity"])
+        validate_best_section(BestConfig(weights={"identity": 0}), ["identity"])
+    validate_best_section(None, ["identity"])
 
 
 def test_gated_checkpoints_best_needs_the_choice() -> None:

@@ -190,7 +190,7 @@ def did_you_mean(name: object, choices: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def check_metric_names(key: str, names: Iterable[str], produced: Sequence[str]) -> None:
+def validate_metric_names(key: str, names: Iterable[str], produced: Sequence[str]) -> None:
     """Metric names in a section (`best.weights`, `snapshot.tolerances`, ...) must be ones the judges produce:
     a typo would otherwise silently weigh, tolerate or compare nothing."""
     unknown = sorted(set(names) - set(produced))

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lora_harness.verdicts.baseline import BaselinePlan
-from lora_harness.verdicts.best_checkpoint import BestChoice, check_best_config, choose_best
+from lora_harness.verdicts.best_checkpoint import BestChoice, validate_best_section, choose_best
 from lora_harness.core.cases import Checkpoint, EvalCase, checkpoint_order
 from lora_harness.checks.extra_cases import expand_check_cases, owner
-from lora_harness.checks.validate import check_checks_config
-from lora_harness.core.config import ConfigError, EvalConfig, check_metric_names, did_you_mean
+from lora_harness.checks.config_validation import validate_check_sections
+from lora_harness.core.config import ConfigError, EvalConfig, validate_metric_names, did_you_mean
 from lora_harness.core.stale_sections import stale_sections, without_stale
 from lora_harness.verdicts.thresholds import Finding, checkpoint_verdict, gated_checkpoints, image_verdict
 from lora_harness.verdicts.outcome import Policy, Verdict
@@ -101,10 +101,10 @@ class Harness:
         self.pair_judges: list[Any] = [j for j in judges if hasattr(j, "compare_batch")]
         self._pairwise: list[Any] | None = None
         self._check_threshold_metrics()
-        check_best_config(config.best, self.metrics)
+        validate_best_section(config.best, self.metrics)
         if config.snapshot is not None:
-            check_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
-        check_checks_config(config, self.metrics)
+            validate_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
+        validate_check_sections(config, self.metrics)
         names = sorted({c.loraname for c in self.checkpoints})
         if config.baseline is not None and config.baseline.lora is not None and config.baseline.lora not in names:
             raise ConfigError(

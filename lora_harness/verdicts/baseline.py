@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Sequenc
 import pandas as pd
 
 from lora_harness.core.cases import Checkpoint, checkpoint_order
-from lora_harness.core.config import BaselineConfig, ConfigError, StatsConfig, check_metric_names
+from lora_harness.core.config import BaselineConfig, ConfigError, StatsConfig, validate_metric_names
 from lora_harness.run.scores_csv import ScoresCsvError, metric_columns, read_scores_csv
 from lora_harness.verdicts.enforce import enforce
 from lora_harness.verdicts.outcome import Decision, Policy, Verdict, decide
@@ -363,8 +363,8 @@ class BaselinePlan:
     def __post_init__(self) -> None:
         cfg = self.config
         names = sorted({c.loraname for c in self.checkpoints})
-        check_metric_names("baseline.metrics", cfg.metrics or [], self.produced_metrics)
-        check_metric_names("baseline.margins", cfg.margins, self.produced_metrics)
+        validate_metric_names("baseline.metrics", cfg.metrics or [], self.produced_metrics)
+        validate_metric_names("baseline.margins", cfg.margins, self.produced_metrics)
         if cfg.lora is not None:
             if cfg.lora not in names:
                 raise ConfigError(f"baseline.lora = {cfg.lora!r} is not a LoRA of this run; LoRAs found: {', '.join(names)}")

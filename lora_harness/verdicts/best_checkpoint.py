@@ -19,7 +19,7 @@ import numpy as np
 
 from lora_harness.core.cases import CHECK_ROLES, Checkpoint, step_label
 from lora_harness.checks.extra_cases import MEMORIZATION
-from lora_harness.core.config import BestConfig, ConfigError, check_metric_names
+from lora_harness.core.config import BestConfig, ConfigError, validate_metric_names
 from lora_harness.run.store import ScoreRow
 
 
@@ -110,12 +110,12 @@ class BestChoice:
         return f"{lower:.4f} lower" + (f": {', '.join(behind)}" if behind else ": tie, the later step wins")
 
 
-def check_best_config(config: BestConfig | None, metrics: Sequence[str]) -> None:
+def validate_best_section(config: BestConfig | None, metrics: Sequence[str]) -> None:
     """Weights and minimums must name metrics the judges produce; at least one weight must be non-zero."""
     if config is None:
         return
-    check_metric_names("best.weights", config.weights, metrics)
-    check_metric_names("best.minimums", config.minimums, metrics)
+    validate_metric_names("best.weights", config.weights, metrics)
+    validate_metric_names("best.minimums", config.minimums, metrics)
     if config.weights and not any(w != 0 for w in config.weights.values()):
         raise ConfigError("best.weights are all 0: give at least one metric a non-zero weight")
 

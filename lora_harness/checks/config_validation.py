@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-from lora_harness.core.config import ConfigError, check_metric_names
+from lora_harness.core.config import ConfigError, validate_metric_names
 from lora_harness.judges import registered_judges
 
 if TYPE_CHECKING:
     from lora_harness.core.config import EvalConfig
 
 
-def check_checks_config(config: "EvalConfig", produced: Sequence[str]) -> None:
+def validate_check_sections(config: "EvalConfig", produced: Sequence[str]) -> None:
     if config.leakage is not None:
-        check_metric_names("leakage.metric", [config.leakage.metric], produced)
+        validate_metric_names("leakage.metric", [config.leakage.metric], produced)
     if config.strength is not None:
-        check_metric_names("strength.metric", [config.strength.metric], produced)
+        validate_metric_names("strength.metric", [config.strength.metric], produced)
     memo = config.memorization
     if memo is not None:
         unknown = sorted(set(memo.judges) - set(registered_judges()))
@@ -31,4 +31,4 @@ def check_checks_config(config: "EvalConfig", produced: Sequence[str]) -> None:
             )
         if isinstance(memo.max_similarity, dict):
             metrics = [f"{name}_max" for name in memo.judges]
-            check_metric_names("memorization.max_similarity", memo.max_similarity, metrics)
+            validate_metric_names("memorization.max_similarity", memo.max_similarity, metrics)
