@@ -541,15 +541,13 @@ _USES_PIXELS = frozenset({"lora_scores", "lora_gate", "lora_image"})
 
 
 def _thumbnail(item: pytest.Item) -> None:
-    """The case's report thumbnail from the pixels its test used, written in the background (`_THUMBNAILS`)."""
+    """The case's report thumbnail from the pixels its test used, packed in the background (`_THUMBNAILS`)."""
     case, state = _param(item, "lora_case"), _state(item.config)
     harness = state._harness
     if isinstance(case, EvalCase) and harness is not None and _USES_PIXELS & set(getattr(item, "fixturenames", ())):
         try:
             pixels = harness.image(case)  # here, not on the writer's thread: the harness is not thread-safe
-            _thumbnail_writer(item.config).submit(
-                case.key, case.image_path, pixels, harness.config.run_dir, harness.config.report.thumbnail_px,
-            )
+            _thumbnail_writer(item.config, harness).submit(case.key, case.image_path, pixels)
         except Exception:  # never change a test's outcome: the report build makes what is missing
             pass
 
@@ -557,12 +555,17 @@ def _thumbnail(item: pytest.Item) -> None:
 _THUMBNAILS = pytest.StashKey[Any]()
 
 
-def _thumbnail_writer(config: pytest.Config) -> Any:
-    if _THUMBNAILS not in config.stash:
+def _thumbnail_writer(config: pytest.Config, harness: Harness) -> Any:
+    """This process's thumbnail writer: one pack per process, named like its score file (`report.thumb_pack`)."""
+    writer = config.stash.get(_THUMBNAILS, None)
+    if writer is None:
         from lora_harness.report.thumbs import ThumbnailWriter
 
-        config.stash[_THUMBNAILS] = ThumbnailWriter()
-    return config.stash[_THUMBNAILS]
+        writer = config.stash[_THUMBNAILS] = ThumbnailWriter.for_run(
+            harness.config.run_dir, harness.config.report.thumbnail_px,
+            run_id=harness.store.run_id, worker=harness.store.worker,
+        )
+    return writer
 
 
 def _attach_allure(item: pytest.Item) -> None:
@@ -804,7 +807,7 @@ def lora(lora_harness: Harness, flux_pipeline: Any) -> Any:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = _state(config)
-    if _THUMBNAILS in config.stash:  # every thumbnail on disk before a report (here or the controller's) reads them
+    if _THUMBNAILS in config.stash:  # every thumbnail packed before a report (here or the controller's) reads them
         config.stash[_THUMBNAILS].close()
     if hasattr(config, "workerinput"):
         config.workeroutput[CONFIG_ERRORS_KEY] = list(state.config_errors)
