@@ -190,3 +190,32 @@ def test_merge_copies_packs_so_the_merged_report_shows_images_from_another_machi
 def test_a_record_is_its_header_name_and_bytes() -> None:
     data = record("x.jpg", b"\xff\xd8\xff\xd9", 7)
     assert data[:4] == b"LHT1" and data.endswith(b"x.jpg\xff\xd8\xff\xd9") and len(data) == 18 + 5 + 4
+
+
+def test_a_failed_append_is_cut_off_so_later_records_stay_readable(tmp_path: Path) -> None:
+    from lora_harness.report.thumb_pack import PackAppender
+
+    appender = PackAppender(tmp_path / "p.thumbs")
+    appender.append(record("a.jpg", b"A" * 10, 1))
+
+    class HalfWrite:  # writes part of the batch, then the disk is full
+        def __init__(self, handle):
+            self.handle = handle
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def write(self, data):
+            if len(data) > 8:
+                return self.handle.write(bytes(data[:8]))
+            raise OSError(28, "No space left on device")
+
+    real = appender._handle
+    appender._handle = HalfWrite(real)
+    with pytest.raises(OSError, match="No space"):
+        appender.append(record("b.jpg", b"B" * 10, 2))
+    appender._handle = real
+    appender.append(record("c.jpg", b"C" * 10, 3))
+    appender.close()
+    entries, problem = read_pack(tmp_path / "p.thumbs")
+    assert problem is None and {n: e.read() for n, e in entries.items()} == {"a.jpg": b"A" * 10, "c.jpg": b"C" * 10}

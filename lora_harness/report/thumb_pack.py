@@ -122,22 +122,36 @@ def read_packs(folder: Path) -> dict[str, PackedThumb]:
 
 
 class PackAppender:
-    """Appends records to one pack (opened on the first write, unbuffered: each `append` is one `write`)."""
+    """Appends records to one pack (opened on the first write, unbuffered: each `append` is one `write`).
+
+    A failed append (a full disk) is cut off again, so later records never follow a torn one; when even that
+    fails, the appender stops (raises on every later append) and readers see a torn tail."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._handle = None
+        self._broken: str | None = None
 
     def append(self, records: bytes) -> None:
+        if self._broken:
+            raise OSError(self._broken)
         if not records:
             return
         if self._handle is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._handle = open(self.path, "ab", buffering=0)
-        view = memoryview(records)
-        while view:  # a raw write may be partial
-            written = self._handle.write(view)
-            view = view[written:]
+        start = os.fstat(self._handle.fileno()).st_size
+        try:
+            view = memoryview(records)
+            while view:  # a raw write may be partial
+                written = self._handle.write(view)
+                view = view[written:]
+        except OSError as exc:
+            try:
+                os.ftruncate(self._handle.fileno(), start)
+            except OSError:
+                self._broken = f"{self.path}: a failed write could not be undone ({exc}); no more thumbnails here"
+            raise
 
     def close(self) -> None:
         if self._handle is not None:
