@@ -114,18 +114,19 @@ def timed_build(run_dir: Path, options) -> tuple:
 
 def thumbnails_while_judging(run_dir: Path, max_px: int) -> float:
     """What the eval workers do after judging each image (plugin `_thumbnail`): a thumbnail from the pixels
-    the judges already had. Decoding here stands in for the judges' own decode; only the rest is extra."""
-    import numpy as np
-
-    from lora_harness.report.thumbs import THUMBS_DIRNAME, thumbnail_while_judging
+    the judges already had, packed by the process's `ThumbnailWriter` (one pack file, not one file per image).
+    Decoding here stands in for the judges' own decode; only the rest is extra."""
+    from lora_harness.report.thumbs import THUMBS_DIRNAME, ThumbnailWriter
     from lora_harness.run.store import latest_rows, read_rows
 
     shutil.rmtree(run_dir / THUMBS_DIRNAME)
     images = {row.case_key: Path(row.image) for row in latest_rows(read_rows(run_dir))}
     decoded = {key: np.asarray(Image.open(path).convert("RGB")) for key, path in images.items()}  # the judges' decode
     started = time.process_time()
+    writer = ThumbnailWriter.for_run(run_dir, max_px, run_id="bench", worker="main")
     for key, path in images.items():
-        thumbnail_while_judging(key, path, lambda key=key: decoded[key], run_dir, max_px)
+        writer.submit(key, path, decoded[key])
+    writer.close()
     return time.process_time() - started
 
 

@@ -10,19 +10,18 @@ import pytest
 
 from lora_harness.core.cases import Checkpoint, EvalCase
 from lora_harness.plugin.state import param, state_of
+from lora_harness.run.harness import Harness
 
 _USES_PIXELS = frozenset({"lora_scores", "lora_gate", "lora_image"})
 
 
 def thumbnail(item: pytest.Item) -> None:
-    """The case's report thumbnail from the pixels its test used, written in the background (`THUMBNAILS`)."""
+    """The case's report thumbnail from the pixels its test used, packed in the background (`THUMBNAILS`)."""
     case, harness = param(item, "lora_case"), state_of(item.config).harness_if_built
     if isinstance(case, EvalCase) and harness is not None and _USES_PIXELS & set(getattr(item, "fixturenames", ())):
         try:
             pixels = harness.image(case)  # here, not on the writer's thread: the harness is not thread-safe
-            thumbnail_writer(item.config).submit(
-                case.key, case.image_path, pixels, harness.config.run_dir, harness.config.report.thumbnail_px,
-            )
+            thumbnail_writer(item.config, harness).submit(case.key, case.image_path, pixels)
         except Exception:  # never change a test's outcome: the report build makes what is missing
             pass
 
@@ -30,12 +29,17 @@ def thumbnail(item: pytest.Item) -> None:
 THUMBNAILS = pytest.StashKey[Any]()
 
 
-def thumbnail_writer(config: pytest.Config) -> Any:
-    if THUMBNAILS not in config.stash:
+def thumbnail_writer(config: pytest.Config, harness: Harness) -> Any:
+    """This process's thumbnail writer: one pack per process, named like its score file (`report.thumb_pack`)."""
+    writer = config.stash.get(THUMBNAILS, None)
+    if writer is None:
         from lora_harness.report.thumbs import ThumbnailWriter
 
-        config.stash[THUMBNAILS] = ThumbnailWriter()
-    return config.stash[THUMBNAILS]
+        writer = config.stash[THUMBNAILS] = ThumbnailWriter.for_run(
+            harness.config.run_dir, harness.config.report.thumbnail_px,
+            run_id=harness.store.run_id, worker=harness.store.worker,
+        )
+    return writer
 
 
 def attach_allure(item: pytest.Item) -> None:

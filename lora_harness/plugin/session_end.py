@@ -23,7 +23,7 @@ REPORT_PATHS = pytest.StashKey[dict]()  # run folder -> report.html
 def pytest_sessionfinish(session: pytest.Session) -> None:
     config = session.config
     state = state_of(config)
-    if THUMBNAILS in config.stash:  # every thumbnail on disk before a report (here or the controller's) reads them
+    if THUMBNAILS in config.stash:  # every thumbnail packed before a report (here or the controller's) reads them
         config.stash[THUMBNAILS].close()
     if is_worker(config):
         config.workeroutput[CONFIG_ERRORS_KEY] = list(state.config_errors)

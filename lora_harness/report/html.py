@@ -190,7 +190,7 @@ def _image_refs(
         elif options.images == "embed":
             refs[case.key] = ImageRef(thumb.data_uri(), original, None)
         else:
-            refs[case.key] = ImageRef(_relative_url(thumb.path, out_dir), original, None)
+            refs[case.key] = ImageRef(_relative_url(thumb.file(), out_dir), original, None)  # a packed one written out
     return refs
 
 

@@ -2,8 +2,9 @@
 
 Score files are copied, never rewritten: each is named `<run id>.<worker>.jsonl` and run ids are unique per
 session, so files of different machines do not collide, and the merged folder is an ordinary run folder
-(`lora-harness report` works on it, a later merge can take it as input). Thumbnails are copied too, so the
-merged report shows images whose originals live on the other machines.
+(`lora-harness report` works on it, a later merge can take it as input). Thumbnails are copied too (`.jpg`
+files and the packs the eval processes wrote, named by run id like the score files), so the merged report
+shows images whose originals live on the other machines.
 
 Runs are combined only when their manifests carry the same config hash: scores judged against other
 prompts, judges or thresholds would mix silently otherwise. `force=True` merges anyway and the report then
@@ -21,6 +22,7 @@ from typing import Sequence
 from lora_harness.report.build import ReportFiles, report_run
 from lora_harness.report.html import ReportOptions
 from lora_harness.report.manifest import ManifestError, RunManifest, read_manifest, write_manifest
+from lora_harness.report.thumb_pack import PACK_SUFFIX
 from lora_harness.report.thumbs import THUMBS_DIRNAME
 from lora_harness.run.store import SCORES_DIRNAME, latest_rows, read_rows
 
@@ -51,7 +53,8 @@ def merge_runs(
             continue
         copied += _copy_tree(run_dir / SCORES_DIRNAME, out_dir / SCORES_DIRNAME, "*.jsonl", strict=True)
         if (run_dir / THUMBS_DIRNAME).is_dir():
-            _copy_tree(run_dir / THUMBS_DIRNAME, out_dir / THUMBS_DIRNAME, "*/*.jpg", strict=False)
+            for pattern in ("*/*.jpg", f"*/*{PACK_SUFFIX}"):  # files a report made; packs made while judging
+                _copy_tree(run_dir / THUMBS_DIRNAME, out_dir / THUMBS_DIRNAME, pattern, strict=False)
     manifest = _merged_manifest(run_dirs, manifests)
     write_manifest(out_dir, manifest)
     rows = latest_rows(read_rows(out_dir))

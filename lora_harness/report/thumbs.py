@@ -4,28 +4,37 @@ The cache makes rebuilding a report cheap, and it is what `link` mode points to,
 portable unit (copy or zip it, the images come along). It also lets a merged run show images from another
 machine: `merge` copies each input's thumbnails, and a thumbnail whose source image is absent here is used
 as it is.
+
+The cache holds two kinds of entries: JPEG files (`<name>.jpg`, made by a report build) and packs
+(`<run id>.<worker>.thumbs`, see `thumb_pack`: what the eval processes made while judging, one file per
+process instead of one per case). For each name the newest entry is used; a packed one is written out as
+its `.jpg` file only where a report links to it (`Thumbnail.file`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import multiprocessing
 import os
 import queue
+import stat
 import threading
+import time
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 from PIL import Image
 
 from lora_harness.core.cases import safe_id
 from lora_harness.core.images import DEFAULT_PIXEL_LIMIT, allow_pixels, bomb_pixels, oversize_message
+from lora_harness.report.thumb_pack import PackAppender, PackedThumb, pack_path, read_packs, record
 
 THUMBS_DIRNAME = "thumbs"
 JPEG_QUALITY = 82
@@ -37,11 +46,24 @@ class Thumbnail:
     key: str
     path: Path | None  # None: no image (CSV input) or not decodable; `problem` says which
     problem: str | None = None
+    packed: PackedThumb | None = None  # the JPEG lies in a pack; `path` is where `file()` writes it out
+
+    def jpeg(self) -> bytes:
+        if self.packed is not None:
+            return self.packed.read()
+        assert self.path is not None
+        return self.path.read_bytes()
 
     def data_uri(self) -> str | None:
         if self.path is None:
             return None
-        return "data:image/jpeg;base64," + base64.b64encode(self.path.read_bytes()).decode("ascii")
+        return "data:image/jpeg;base64," + base64.b64encode(self.jpeg()).decode("ascii")
+
+    def file(self) -> Path | None:
+        """The thumbnail as a `.jpg` file (what `link` mode points to), written out of its pack if need be."""
+        if self.path is not None and self.packed is not None:
+            _write_atomically(self.path, self.packed.read())
+        return self.path
 
 
 def thumbs_dir(run_dir: Path, max_px: int) -> Path:
@@ -76,45 +98,61 @@ def make_thumbnail(source: Path, target: Path, max_px: int, *, pixel_limit: int 
             _save(img, target, max_px)
 
 
-def thumbnail_from_pixels(pixels: np.ndarray, target: Path, max_px: int) -> None:
-    """A thumbnail from an image already decoded (an RGB uint8 array, as judges get it): no second decode."""
-    _save(Image.fromarray(pixels), target, max_px)
-
-
 def _save(img: Image.Image, target: Path, max_px: int) -> None:
+    _write_atomically(target, _jpeg(img, max_px))
+
+
+def _jpeg(img: Image.Image, max_px: int) -> bytes:
     factor = max(img.size) // max_px
     if factor >= 2:  # box-average by an integer factor first: cheap, and no aliasing
         img = img.reduce(factor)
     img.thumbnail((max_px, max_px), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    img.convert("RGB").save(out, "JPEG", quality=JPEG_QUALITY)
+    return out.getvalue()
+
+
+def jpeg_from_pixels(pixels: np.ndarray, max_px: int) -> bytes:
+    """A thumbnail's JPEG bytes from an image already decoded (an RGB uint8 array, as judges get it)."""
+    return _jpeg(Image.fromarray(pixels), max_px)
+
+
+def _write_atomically(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
-    img.convert("RGB").save(tmp, "JPEG", quality=JPEG_QUALITY)
+    tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_bytes(data)
     tmp.replace(target)
 
 
-def is_fresh(target: Path, source: Path) -> bool:
-    """The cached thumbnail exists and is not older than its image."""
+def cached_thumbnails(folder: Path) -> dict[str, tuple[int, PackedThumb | None]]:
+    """name -> (made at in ns, where packed or None for a `.jpg` file): the newest entry of each name in a
+    thumbnail folder, files and packs together."""
+    found: dict[str, tuple[int, PackedThumb | None]] = {
+        name: (entry.made_ns, entry) for name, entry in read_packs(folder).items()
+    }
     try:
-        return target.stat().st_mtime >= source.stat().st_mtime
+        entries = list(os.scandir(folder))
     except OSError:
-        return False
+        return found
+    for entry in entries:
+        if entry.name.endswith(".jpg"):
+            try:
+                made = entry.stat().st_mtime_ns
+            except OSError:
+                continue
+            known = found.get(entry.name)
+            if known is None or made >= known[0]:
+                found[entry.name] = (made, None)
+    return found
 
 
-def thumbnail_while_judging(
-    case_key: str, image: Path, pixels: Callable[[], np.ndarray], run_dir: Path, max_px: int
-) -> Path | None:
-    """Called by the eval worker right after a case is judged, while its pixels are at hand: the report at
-    the end of the run then finds every thumbnail made (spread over the workers) instead of decoding every
-    image again, one after another, at the end. Returns the thumbnail, or None when it could not be made
-    (the report build tries again and shows why)."""
-    target = thumbs_dir(run_dir, max_px) / thumbnail_name(case_key)
-    if is_fresh(target, image):
-        return target
+def _file_mtime_ns(path: Path) -> int | None:
+    """When a regular file was last changed (ns), or None when `path` is not one."""
     try:
-        thumbnail_from_pixels(pixels(), target, max_px)
-    except (OSError, ValueError):
+        info = path.stat()
+    except OSError:
         return None
-    return target
+    return info.st_mtime_ns if stat.S_ISREG(info.st_mode) else None
 
 
 def _make(key: str, source: Path, target: Path, max_px: int, pixel_limit: int) -> Thumbnail:
@@ -144,18 +182,22 @@ def build_thumbnails(
     decoding in threads of this process would fight the report's own Python work for the GIL.
     """
     folder = thumbs_dir(run_dir, max_px)
+    cached = cached_thumbnails(folder)
     results: dict[str, Thumbnail] = {}
     todo: list[tuple[str, Path, Path]] = []
     for key, image in items:
-        target = folder / thumbnail_name(key)
+        name = thumbnail_name(key)
+        target = folder / name
         source = Path(image) if image else None
-        if source is None or not source.is_file():
-            if target.is_file():  # copied in by `merge`, or the original was moved away since
-                results[key] = Thumbnail(key, target)
+        have = cached.get(name)
+        changed = _file_mtime_ns(source) if source is not None else None
+        if source is None or changed is None:
+            if have is not None:  # copied in by `merge`, or the original was moved away since
+                results[key] = Thumbnail(key, target, packed=have[1])
             else:
                 results[key] = Thumbnail(key, None, "no image file" if source is None else f"image not found: {source}")
-        elif is_fresh(target, source):
-            results[key] = Thumbnail(key, target)
+        elif have is not None and have[0] >= changed:  # not older than its image
+            results[key] = Thumbnail(key, target, packed=have[1])
         else:
             todo.append((key, source, target))
     # As many workers as cores: the report's own work (view, plots) runs meanwhile, and once it waits for
@@ -184,33 +226,84 @@ def start_thumbnails(
 
 
 class ThumbnailWriter:
-    """`thumbnail_while_judging` on one background thread: a test hands over the pixels it already has and
-    goes on, while the JPEG encoding (PIL releases the GIL) and the file creation (a filesystem's slowest
-    step) overlap the next tests. At most `max_pending` images wait, so memory stays bounded; `close()`
-    waits for the rest, and the report build comes after it. Failures are ignored as before: the report
-    build makes what is missing and says why."""
+    """The report thumbnails of one eval process, made from the pixels its tests already have and appended to
+    the process's pack (`thumb_pack`) on one background thread.
 
-    def __init__(self, max_pending: int = 64) -> None:
-        self._queue: "queue.Queue[tuple[str, Path, np.ndarray, Path, int] | None]" = queue.Queue(max_pending)
+    A test hands over its case and goes on (`submit` appends to a batch: no lock, no wake-up per case); a
+    batch goes to the thread when it holds `batch` images or `batch_bytes` of pixels, and the thread encodes
+    its JPEGs (PIL releases the GIL) and appends them with one `write`. At most `max_batches` batches wait,
+    so memory stays bounded (the pixels are mostly the harness's cached arrays anyway). `close()` hands over
+    the last batch and waits for all; the report build comes after it. A thumbnail already cached and not
+    older than its image is not made again. Failures are ignored as before: the report build makes what is
+    missing and says why."""
+
+    def __init__(
+        self, folder: Path, pack_name: str, max_px: int, *, batch: int = 64, batch_bytes: int = 16 << 20,
+        max_batches: int = 2,
+    ) -> None:
+        self.folder, self.max_px = Path(folder), max_px
+        self.pack = pack_path(self.folder, pack_name)
+        self._batch_size, self._batch_bytes = batch, batch_bytes
+        self._batch: list[tuple[str, Path, np.ndarray]] = []
+        self._pending_bytes = 0
+        self._queue: "queue.Queue[list[tuple[str, Path, np.ndarray]] | None]" = queue.Queue(max_batches)
         self._thread: threading.Thread | None = None
+        self._cached: dict[str, tuple[int, PackedThumb | None]] | None = None  # read on the thread, once
 
-    def submit(self, case_key: str, image: Path, pixels: np.ndarray, run_dir: Path, max_px: int) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="lora-harness-thumbnails", daemon=True)
-            self._thread.start()
-        self._queue.put((case_key, image, pixels, run_dir, max_px))
+    @classmethod
+    def for_run(cls, run_dir: Path, max_px: int, *, run_id: str, worker: str, **limits: int) -> "ThumbnailWriter":
+        """The writer of one session's process: its pack is named like its score file."""
+        return cls(thumbs_dir(run_dir, max_px), f"{run_id}.{worker}", max_px, **limits)
+
+    def submit(self, case_key: str, image: Path, pixels: np.ndarray) -> None:
+        self._batch.append((case_key, image, pixels))
+        self._pending_bytes += pixels.nbytes
+        if len(self._batch) >= self._batch_size or self._pending_bytes >= self._batch_bytes:
+            self._hand_over()
 
     def close(self) -> None:
         """Wait until every submitted thumbnail is written (or has failed); the writer can be used again."""
+        if self._batch:
+            self._hand_over()
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
 
+    def _hand_over(self) -> None:
+        batch, self._batch, self._pending_bytes = self._batch, [], 0
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lora-harness-thumbnails", daemon=True)
+            self._thread.start()
+        self._queue.put(batch)
+
     def _run(self) -> None:
-        while (job := self._queue.get()) is not None:
-            case_key, image, pixels, run_dir, max_px = job
+        appender = PackAppender(self.pack)
+        try:
+            while (batch := self._queue.get()) is not None:
+                try:
+                    appender.append(self._records(batch))
+                except Exception:  # noqa: BLE001 - never a test's problem; the report build retries and says why
+                    pass
+        finally:
+            appender.close()
+
+    def _records(self, batch: list[tuple[str, Path, np.ndarray]]) -> bytes:
+        if self._cached is None:
+            self._cached = cached_thumbnails(self.folder)
+        out = bytearray()
+        for case_key, image, pixels in batch:
+            name = thumbnail_name(case_key)
             try:
-                thumbnail_while_judging(case_key, image, lambda: pixels, run_dir, max_px)
-            except Exception:  # noqa: BLE001 - never a test's problem; the report build retries and says why
-                pass
+                have = self._cached.get(name)
+                if have is not None:  # a rerun in the same run folder
+                    changed = _file_mtime_ns(Path(image))
+                    if changed is not None and have[0] >= changed:
+                        continue
+                data = jpeg_from_pixels(pixels, self.max_px)
+            except Exception:  # noqa: BLE001 - as above
+                continue
+            made = time.time_ns()
+            out += record(name, data, made)
+            self._cached[name] = (made, None)
+        return bytes(out)

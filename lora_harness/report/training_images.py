@@ -65,7 +65,7 @@ def training_matches(
             if thumb.path is None:
                 src, problem = None, thumb.problem or f"image not found: {path}"
             else:
-                src = thumb.data_uri() if images == "embed" else relative_url(thumb.path, run_dir)
+                src = thumb.data_uri() if images == "embed" else relative_url(thumb.file(), run_dir)
                 problem = None
             out.setdefault(key, []).append(TrainingMatch(metric, value, path, src, problem))
     return out
