@@ -16,7 +16,7 @@ modules, same rank per module, same alphas and same stored peft config. peft's h
 the scaling (alpha / rank) stays the first adapter's (`set_adapters` recomputes it from the old config), which
 gave images up to 65 grey levels off for LoRAs with other alphas. Otherwise the old adapter is deleted and the
 new one loaded under a fresh name. `clear()` deletes every adapter (the outputs
-equal the base model's again).
+equal the base model's again), `unload()` also removes the injected LoRA layers.
 """
 
 from __future__ import annotations
@@ -360,6 +360,12 @@ class LoraManager:
         names = self.adapters()
         if names:
             self.pipe.delete_adapters(names)
+        self.active = None
+
+    def unload(self) -> None:
+        """Remove adapters and the injected LoRA layers (`unload_lora_weights`): for a test that uses the
+        `lora` fixture and then wants the model exactly as loaded."""
+        self.pipe.unload_lora_weights()
         self.active = None
 
     def _load(self, path: Path, adapter: str) -> None:
