@@ -48,18 +48,47 @@ class JudgeConfig(_Model):
 
 
 class Threshold(_Model):
-    """Minimums for one metric: per image, and for a checkpoint's aggregate over its images.
+    """Bounds for one metric: per image, and for a checkpoint's aggregate over its images.
 
-    `on = "ci"` (default) decides the checkpoint minimum three ways with the mean's confidence interval:
-    pass when the whole interval is at or above it, fail when the whole interval is below, inconclusive
-    when it straddles (the evidence cannot tell). `"ci_low"` fails unless the lower bound clears the
-    minimum (never inconclusive); `"mean"` compares the point estimate alone, so near the minimum its
-    verdict flips between identical runs.
+    `image` / `checkpoint` are minimums; `image_max` / `checkpoint_max` are maxima, for lower-is-better
+    metrics (`face_distance`, drift, similarity to training images). A metric may have both.
+
+    `on = "ci"` (default) decides a checkpoint bound three ways with the mean's confidence interval:
+    pass when the whole interval is on the right side of it (at or above a minimum, at or below a
+    maximum), fail when the whole interval is on the wrong side, inconclusive when it straddles (the
+    evidence cannot tell). `"ci_low"` fails unless the interval's conservative end clears the bound (the
+    lower bound for a minimum, the upper bound for a maximum; never inconclusive); `"mean"` compares the
+    point estimate alone, so near the bound its verdict flips between identical runs.
     """
 
     image: float | None = None
     checkpoint: float | None = None
+    image_max: float | None = None
+    checkpoint_max: float | None = None
     on: Literal["ci", "ci_low", "mean"] = "ci"
+
+    @model_validator(mode="after")
+    def _max_not_below_min(self) -> "Threshold":
+        for level in ("image", "checkpoint"):
+            minimum, maximum = getattr(self, level), getattr(self, f"{level}_max")
+            if minimum is not None and maximum is not None and maximum < minimum:
+                raise ValueError(
+                    f"{level}_max = {maximum:g} is below {level} = {minimum:g} (the minimum): no value could pass; "
+                    f"set {level}_max >= {level}, or drop one of them"
+                )
+        return self
+
+    @property
+    def has_image_bounds(self) -> bool:
+        return self.image is not None or self.image_max is not None
+
+    @property
+    def has_checkpoint_bounds(self) -> bool:
+        return self.checkpoint is not None or self.checkpoint_max is not None
+
+    @property
+    def has_bounds(self) -> bool:
+        return self.has_image_bounds or self.has_checkpoint_bounds
 
 
 GateSpec = Literal["latest", "all", "best"] | list[int]

@@ -9,8 +9,8 @@ from __future__ import annotations
 from lora_harness.report.view import CheckpointView, ReportView
 
 LEGEND = (
-    "* gated checkpoint   ! fails the per-checkpoint minimum   ? inconclusive (the interval straddles the minimum)   "
-    "fail = images below the per-image minimum"
+    "* gated checkpoint   ! fails the per-checkpoint minimum or maximum   ? inconclusive (the interval straddles it)   "
+    "fail = images below the per-image minimum or above the per-image maximum"
 )
 
 

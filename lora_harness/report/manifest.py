@@ -107,6 +107,10 @@ def config_hash(config: EvalConfig) -> str:
     data = config.model_dump(mode="json", exclude={"path", "report"})
     data["run"].pop("report_dir", None)
     data["run"].pop("name", None)
+    for threshold in data.get("thresholds", {}).values():  # unset maxima: the hash of a config without them is unchanged
+        for key in ("image_max", "checkpoint_max"):
+            if threshold.get(key) is None:
+                threshold.pop(key, None)
     base = Path(config.path).resolve().parent if config.path else None
     canonical = json.dumps(_relative_paths(data, base), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -84,7 +84,7 @@ def render_summary(
             lines.append(f"| {c.loraname} {c.step} | {c.outcome} | {', '.join(c.failing_metrics) or '—'} |")
         lines.append("")
         if verdict.failing_cases:
-            lines += [f"{verdict.failing_cases} image(s) of gated checkpoints below a per-image minimum.", ""]
+            lines += [f"{verdict.failing_cases} image(s) of gated checkpoints outside a per-image bound (under a minimum or over a maximum).", ""]
     meaning = EXIT_CODES.get(int(exit_status), "see pytest's exit codes")
     lines.append(f"Exit code {int(exit_status)}: {meaning}.")
     if report_link:

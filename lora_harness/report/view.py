@@ -2,7 +2,7 @@
 
 Plain data, no HTML: the template only lays it out, and tests assert on these records directly. Verdicts use
 the same rules as the tests (`verdicts.thresholds`), so the report and the pytest outcome never disagree: `fail` is a
-gated checkpoint under a minimum, `xfail` an ungated one, `error` a score a judge could not compute.
+gated checkpoint under a minimum or over a maximum, `xfail` an ungated one, `error` a score a judge could not compute.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lora_harness.verdicts.best_checkpoint import choose_best, means_from_rows, 
 from lora_harness.checks.memorization import memorization_ceilings
 from lora_harness.core.cases import CHECK_ROLES, Checkpoint, case_order, checkpoint_order, safe_id
 from lora_harness.core.config import BestConfig, EvalConfig, GateSpec, StatsConfig, Threshold
-from lora_harness.verdicts.thresholds import checkpoint_verdict, gated_checkpoints, image_verdict
+from lora_harness.verdicts.thresholds import checkpoint_verdict, gated_checkpoints, image_breach, image_verdict
 from lora_harness.verdicts.outcome import Verdict, run_badge
 from lora_harness.verdicts.sequential import decision_stats
 from lora_harness.judges.base import Score
@@ -73,11 +73,12 @@ class MetricCell:
     judge: str
     judge_version: str
     minimum: float | None
-    below: bool
+    below: bool  # out of bounds: under the per-image minimum or over the per-image maximum (or a ceiling)
     justification: str | None
     raw_json: str
     unavailable: bool = False  # the judge could not run here (model or package absent)
     training_image: str | None = None  # memorization scores: the most similar training image's path
+    maximum: float | None = None  # the per-image maximum (`image_max`)
 
 
 @dataclass
@@ -109,10 +110,10 @@ class TableCell:
     high: float | None
     n: int
     errors: int
-    failures: int  # images under the per-image minimum
-    ok: bool | None  # False: the checkpoint test fails this metric's minimum
+    failures: int  # images outside the per-image bounds (under the minimum, over the maximum)
+    ok: bool | None  # False: the checkpoint test fails this metric's minimum or maximum
     colour: str  # CSS background colour from the metric's colour scale
-    undecided: bool = False  # the interval straddles the minimum (inconclusive)
+    undecided: bool = False  # the interval straddles the minimum or maximum (inconclusive)
 
 
 @dataclass
@@ -233,7 +234,7 @@ def build_view(rows: Sequence[ScoreRow], rules: Rules | None = None, *, redactor
         judges={k: sorted(v) for k, v in sorted(judges.items())},
         models=sorted(models),
         cost=cost_of(rows),
-        has_thresholds=any(t.image is not None or t.checkpoint is not None for t in thresholds.values()),
+        has_thresholds=any(t.has_bounds for t in thresholds.values()),
     )
 
 
@@ -322,6 +323,7 @@ def _case_view(
             judge=row.judge,
             judge_version=row.judge_version,
             minimum=threshold.image,
+            maximum=threshold.image_max,
             below=row.metric in below,
             justification=justification,
             unavailable=row.metric in unavailable,
@@ -409,8 +411,8 @@ def _checkpoint_view(
             n=len(present),
             # like the terminal table: a judge error counts, a value missing for a reason (no face) does not
             errors=sum(1 for case in cases if metric in case.cells and case.cells[metric].error is not None),
-            failures=sum(1 for v in present if threshold.image is not None and v < threshold.image),
-            ok=None if threshold.checkpoint is None or mean is None else metric not in failing,
+            failures=sum(1 for v in present if image_breach(v, threshold) is not None),
+            ok=None if not threshold.has_checkpoint_bounds or mean is None else metric not in failing,
             undecided=metric in undecided,
             colour=_colour(mean, scales.get(metric)),
         )

@@ -5,9 +5,9 @@ the terminal table, `run.json` and `report.html` call `decide`; nothing else spe
 never disagree. A gate never passes on missing or undecidable evidence:
 
 - **error**: an input is broken (an image that cannot be decoded, a judge that crashed). Always fails.
-- **fail**: the evidence shows the rule is broken (the whole interval is below a minimum).
+- **fail**: the evidence shows the rule is broken (the whole interval is below a minimum or above a maximum).
 - **incomplete**: a gated metric was not judged (a judge's model or package absent, no image has a value).
-- **inconclusive**: judged, but the interval straddles the minimum / margin: more evidence would decide.
+- **inconclusive**: judged, but the interval straddles the minimum, maximum or margin: more evidence would decide.
 - **pass**: every rule is met with confidence.
 
 Gating then decides what a test does with that: ungated checkpoints (a sweep is information) report fail

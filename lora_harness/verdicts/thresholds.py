@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from statistics import NormalDist
 from dataclasses import dataclass
-from typing import Collection, Iterable, Mapping, Sequence
+from typing import Collection, Iterable, Literal, Mapping, Sequence
 
 from lora_harness.core.cases import Checkpoint, latest_per_lora
 from lora_harness.core.config import GateSpec, StatsConfig, Threshold
@@ -27,9 +27,13 @@ class Finding:
     minimum: float | None
     level: str  # "image" or "checkpoint"
     error: str | None = None
-    statistic: str = "mean"  # what `value` is at checkpoint level: "mean", "ci_low" or "ci" (threshold `on`)
+    # the threshold's `on` at checkpoint level: "mean" (`value` is the mean), "ci" or "ci_low" (`value` is the
+    # interval's bound that decided: the upper one against a minimum, the lower one against a maximum for
+    # "ci"; the lower one against a minimum, the upper one against a maximum for "ci_low")
+    statistic: str = "mean"
     detail: str | None = None  # the rest of the aggregate (mean, CI, n) and what would decide
-    maximum: float | None = None  # a ceiling instead of a minimum (memorization: similarity to training images)
+    # a maximum instead of a minimum: `image_max` / `checkpoint_max`, or a memorization ceiling
+    maximum: float | None = None
     decision: Decision = "fail"
 
     def describe(self) -> str:
@@ -37,10 +41,15 @@ class Finding:
             return f"{self.metric}: not judged ({self.error})"
         if self.error is not None:
             return f"{self.metric}: no score ({self.error})"
-        if self.maximum is not None:
-            return f"{self.metric} = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum)"
         if self.decision == "inconclusive":
             return f"{self.metric}: inconclusive: {self.detail}"
+        if self.maximum is not None:
+            if self.statistic == "ci":
+                return f"{self.metric} CI low = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum; {self.detail})"
+            if self.statistic == "ci_low":
+                return (f"{self.metric} CI high = {self.value:.4f} > {self.maximum:.4f} "
+                        f"(per-{self.level} maximum on the CI's upper bound; {self.detail})")
+            return f"{self.metric} = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum)"
         if self.statistic == "ci":
             return f"{self.metric} CI high = {self.value:.4f} < {self.minimum:.4f} (per-{self.level} minimum; {self.detail})"
         if self.statistic == "ci_low":
@@ -54,18 +63,34 @@ class Finding:
         return self.error is None and self.decision == "fail"
 
 
+def image_breach(value: float, threshold: Threshold) -> Literal["minimum", "maximum"] | None:
+    """Which per-image bound a (non-NaN) value breaks: under `image` or over `image_max`; None within both.
+
+    The one per-image comparison: `image_findings` and the report's failure counts both use it.
+    """
+    if threshold.image is not None and value < threshold.image:
+        return "minimum"
+    if threshold.image_max is not None and value > threshold.image_max:
+        return "maximum"
+    return None
+
+
 def image_findings(scores: Mapping[str, Score], thresholds: Mapping[str, Threshold]) -> list[Finding]:
     """Threshold failures of one image, plus every metric its judges could not compute."""
     findings = [Finding(s.metric, None, None, "image", s.error, decision="error") for s in scores.values() if s.error is not None]
     for metric, threshold in thresholds.items():
         score = scores.get(metric)
-        if threshold.image is None or score is None or score.value is None:
+        if not threshold.has_image_bounds or score is None or score.value is None:
             continue
-        if math.isnan(score.value):  # NaN < x is False: without this a NaN would pass every minimum
-            findings.append(Finding(metric, None, threshold.image, "image", "the judge returned NaN", decision="error"))
+        if math.isnan(score.value):  # NaN < x and NaN > x are False: without this a NaN would pass every bound
+            findings.append(Finding(metric, None, threshold.image, "image", "the judge returned NaN",
+                                    maximum=threshold.image_max, decision="error"))
             continue
-        if score.value < threshold.image:
+        breach = image_breach(score.value, threshold)
+        if breach == "minimum":
             findings.append(Finding(metric, score.value, threshold.image, "image"))
+        elif breach == "maximum":
+            findings.append(Finding(metric, score.value, None, "image", maximum=threshold.image_max))
     return findings
 
 
@@ -92,23 +117,29 @@ def checkpoint_findings(
 ) -> list[Finding]:
     """Every way a checkpoint's per-metric aggregates do not pass (over the images that have a value).
 
-    `on = "ci"` (default): fail when the interval's upper bound is under the minimum, inconclusive when the
-    interval straddles it. A metric with a minimum (image or checkpoint) and no value at all is incomplete.
+    `on = "ci"` (default): fail when the interval's upper bound is under the minimum (its lower bound over
+    the maximum), inconclusive when the interval straddles it. A metric with a bound (image or checkpoint,
+    minimum or maximum) and no value at all is incomplete.
     """
     stats = stats or StatsConfig()
     findings = []
     for metric, threshold in thresholds.items():
-        if threshold.checkpoint is None and threshold.image is None:
+        if not threshold.has_bounds:
             continue
         present = [v for v in values.get(metric, ()) if v is not None and not math.isnan(v)]
         if not present:
-            if metric in values or threshold.checkpoint is not None:
-                findings.append(Finding(metric, None, threshold.checkpoint, "checkpoint", "no image has a value", decision="incomplete"))
+            if metric in values or threshold.has_checkpoint_bounds:
+                findings.append(Finding(metric, None, threshold.checkpoint, "checkpoint", "no image has a value",
+                                        maximum=threshold.checkpoint_max, decision="incomplete"))
             continue
+        if not threshold.has_checkpoint_bounds:
+            continue
+        agg = mean_ci(present, confidence=stats.confidence, sd_floor=stats.sd_floor)
+        if threshold.checkpoint_max is not None:
+            findings += _maximum_findings(metric, agg, threshold.checkpoint_max, threshold.on)
         if threshold.checkpoint is None:
             continue
         minimum = threshold.checkpoint
-        agg = mean_ci(present, confidence=stats.confidence, sd_floor=stats.sd_floor)
         if threshold.on == "mean":
             if agg.mean < minimum:
                 findings.append(Finding(metric, agg.mean, minimum, "checkpoint"))
@@ -124,6 +155,26 @@ def checkpoint_findings(
     return findings
 
 
+def _maximum_findings(metric: str, agg: MeanCI, maximum: float, on: str) -> list[Finding]:
+    """The checkpoint maximum, decided as the minimum mirrored: `ci` fails when the whole interval is above
+    it and is inconclusive when the interval straddles it; `ci_low` fails unless the upper bound is at or
+    below it; `mean` compares the mean."""
+    if on == "mean":
+        return [Finding(metric, agg.mean, None, "checkpoint", maximum=maximum)] if agg.mean > maximum else []
+    if on == "ci_low":
+        if agg.high > maximum:
+            return [Finding(metric, agg.high, None, "checkpoint", statistic="ci_low", detail=agg.describe(), maximum=maximum)]
+        return []
+    if agg.low > maximum:
+        return [Finding(metric, agg.low, None, "checkpoint", statistic="ci", detail=agg.describe(), maximum=maximum)]
+    if agg.high > maximum:
+        where = f" straddles the maximum {maximum:g}" if math.isfinite(agg.low) and math.isfinite(agg.high) else ""
+        detail = f"{agg.describe()}{where}; {what_would_decide(agg, maximum, 'maximum')}"
+        return [Finding(metric, agg.mean, None, "checkpoint", statistic="ci", detail=detail, maximum=maximum,
+                        decision="inconclusive")]
+    return []
+
+
 def image_verdict(
     scores: Mapping[str, Score],
     thresholds: Mapping[str, Threshold],
@@ -134,7 +185,7 @@ def image_verdict(
 ) -> tuple[Verdict, list[Finding]]:
     """The image test's verdict: what `test_image`, the report's case table and allure all show."""
     findings = image_findings(scores, thresholds) + ceiling_findings(scores, ceilings or {})
-    findings += unjudged_findings(unavailable or {}, {m: t for m, t in thresholds.items() if t.image is not None}, "image")
+    findings += unjudged_findings(unavailable or {}, {m: t for m, t in thresholds.items() if t.has_image_bounds}, "image")
     return decide(((f.decision, f.describe()) for f in findings), gated=gated), findings
 
 
@@ -155,13 +206,13 @@ def checkpoint_verdict(
     return decide(((f.decision, f.describe()) for f in findings), gated=gated), findings
 
 
-def what_would_decide(agg: MeanCI, minimum: float) -> str:
-    """How many images would make an interval of this spread clear the minimum, at the same mean."""
-    gap = abs(agg.mean - minimum)
+def what_would_decide(agg: MeanCI, bound: float, kind: str = "minimum") -> str:
+    """How many images would make an interval of this spread clear the bound (a minimum or a maximum), at the same mean."""
+    gap = abs(agg.mean - bound)
     if agg.n < 2 and agg.method != "clopper-pearson":
         return "one image has no interval: add prompts or seeds (3 or more images)"
     if gap < 1e-9:
-        return "the mean sits on the minimum: more images narrow the interval but cannot move it off"
+        return f"the mean sits on the {kind}: more images narrow the interval but cannot move it off"
     spread = math.sqrt(agg.mean * (1 - agg.mean)) if agg.method == "clopper-pearson" else agg.std
     spread = max(spread, 1e-6)
     z = NormalDist().inv_cdf(0.5 + agg.confidence / 2)
