@@ -119,3 +119,17 @@ def test_the_checker_skips_type_checking_imports(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from lora_harness.run.harness import Harness\n")
     assert imported_modules(module) == {"typing", "typing.TYPE_CHECKING"}
+
+
+def test_plugin_modules_load_in_an_order_pytest_can_rewrite(tmp_path: Path) -> None:
+    """pytest marks each `pytest_plugins` module for assertion rewriting just before importing it; a module
+    an earlier one already imported gets "Module already imported so cannot be rewritten" in every run."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_one.py").write_text("def test_one():\n    assert True\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error::pytest.PytestAssertRewriteWarning", "test_one.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -14,13 +14,15 @@ lora fixture (`lora_case`, `lora_checkpoint`, ...). Hooks stay thin; the logic l
 - terminal:       the checkpoint table and the run's verdict line (terminal_table formats it)
 """
 
+# A module is listed after every listed module it imports: pytest marks each for assertion rewriting just
+# before importing it, and warns when an earlier one already imported it (tests/test_import_boundaries.py checks).
 pytest_plugins = [
+    "lora_harness.plugin.reporting",
     "lora_harness.plugin.options",
     "lora_harness.plugin.collection",
     "lora_harness.plugin.selection",
     "lora_harness.plugin.fixtures",
     "lora_harness.plugin.check_fixtures",
-    "lora_harness.plugin.reporting",
     "lora_harness.plugin.session_end",
     "lora_harness.plugin.terminal",
 ]
