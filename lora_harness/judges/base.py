@@ -11,7 +11,7 @@ import difflib
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -42,9 +42,19 @@ class JudgeContext:
     run_id: str | None = None  # the pytest run (shared by its xdist workers): scopes run-wide judge state
 
 
+Direction = Literal["higher", "lower", "none"]
+DIRECTIONS: tuple[Direction, ...] = ("higher", "lower", "none")
+
+
 @runtime_checkable
 class Judge(Protocol):
-    """A judge scores a case. `image` is an RGB uint8 array of shape (H, W, 3)."""
+    """A judge scores a case. `image` is an RGB uint8 array of shape (H, W, 3).
+
+    A judge may also have `directions: Mapping[str, Direction]`: which of its metrics are better when lower
+    ("lower", e.g. a distance) or have no better and worse ("none", information such as a head angle).
+    A metric it does not name is "higher" (better when higher). `metric_direction` reads it; the baseline
+    comparison and the best-checkpoint objective use it.
+    """
 
     name: str
     version: str
@@ -116,6 +126,34 @@ def check_choice(judge: str, key: str, value: Any, choices: Sequence[str]) -> st
 
 def error_scores(judge: Judge, message: str) -> list[Score]:
     return [Score(metric, None, error=f"{judge.name}: {message}") for metric in judge.metrics]
+
+
+def judge_directions(judge: Any) -> dict[str, Direction]:
+    """Every metric of a judge with its direction (its `directions` attribute; undeclared: "higher")."""
+    declared = getattr(judge, "directions", None) or {}
+    bad = {m: d for m, d in declared.items() if d not in DIRECTIONS}
+    if bad:
+        raise ValueError(f"judge {getattr(judge, 'name', judge)!r} declares direction(s) {bad}; "
+                         f"a direction is one of {', '.join(DIRECTIONS)}")
+    return {metric: declared.get(metric, "higher") for metric in judge.metrics}
+
+
+def metric_direction(metric: str, judges: Iterable[Any] | None = None) -> Direction:
+    """Whether a metric is better when "higher", when "lower", or neither ("none"), as its judge declares.
+
+    `judges`: the run's judges (`Harness.metric_direction` passes them). Without them (a report read back
+    from stored rows), the registered judges' class-level `directions`. A metric nobody declares: "higher".
+    """
+    if judges is not None:
+        for judge in judges:
+            if metric in judge.metrics:
+                return judge_directions(judge)[metric]
+        return "higher"
+    for factory in _REGISTRY.values():
+        declared = getattr(factory, "directions", None)
+        if isinstance(declared, Mapping) and declared.get(metric) in DIRECTIONS:
+            return declared[metric]
+    return "higher"
 
 
 JudgeFactory = Callable[..., Judge]

@@ -44,7 +44,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from lora_harness.core.cases import EvalCase
-from lora_harness.judges.base import JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
+from lora_harness.judges.base import Direction, JudgeContext, Score, check_choice, check_int, check_text, register, reject_unknown
 from lora_harness.judges.embedding import ImageInputError, Lazy, ReferencePhotoError, prepare_image
 from lora_harness.judges.face_arcface import (
     ARCFACE_EXTRA,
@@ -73,6 +73,14 @@ METRICS = ("face_detected", "face_identity_mean", "face_identity_max", "face_dis
 # With `pose_bands = true`: |yaw| of the chosen face, and identity within a pose band (None outside it, so a
 # per-image minimum gates only the images of that band and the checkpoint mean is over them).
 POSE_METRICS = ("face_yaw_abs", "face_match_frontal", "face_distance_frontal", "face_match_profile", "face_distance_profile")
+# Better when lower: descriptor distances to the reference faces. Neither better nor worse: |yaw| describes
+# the pose, not the likeness. Every other metric is better when higher (`judges.base.metric_direction`).
+DIRECTIONS: dict[str, Direction] = {
+    "face_distance": "lower",
+    "face_distance_frontal": "lower",
+    "face_distance_profile": "lower",
+    "face_yaw_abs": "none",
+}
 BACKENDS = ("dlib", "arcface")
 DEFAULT_MATCH_DISTANCE = {"dlib": DLIB_SAME_PERSON_DISTANCE, "arcface": ARCFACE_MATCH_DISTANCE}
 # dlib: the detector's trained operating point (adjust_threshold 0); SCRFD: insightface's det_thresh 0.5.
@@ -121,6 +129,7 @@ class FaceIdentityJudge:
     """
 
     name = "face_identity"
+    directions = DIRECTIONS
     version = "3"  # 2: face policy, confidence floor, face_distance/face_match; 3: head pose in raw, pose bands
 
     def __init__(

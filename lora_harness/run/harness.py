@@ -25,7 +25,7 @@ from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
 from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
-from lora_harness.judges.base import UnknownJudgeError, error_scores, judge_many
+from lora_harness.judges.base import Direction, UnknownJudgeError, error_scores, judge_many, judge_directions, metric_direction
 from lora_harness.judges.model_loading import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import baseline_names, collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
@@ -101,7 +101,7 @@ class Harness:
         self.pair_judges: list[Any] = [j for j in judges if hasattr(j, "compare_batch")]
         self._pairwise: list[Any] | None = None
         self._check_threshold_metrics()
-        validate_best_section(config.best, self.metrics)
+        validate_best_section(config.best, self.metrics, self.directions)
         if config.snapshot is not None:
             validate_metric_names("snapshot.tolerances", config.snapshot.tolerances, self.metrics)
         validate_check_sections(config, self.metrics)
@@ -114,7 +114,7 @@ class Harness:
             )
         self.baseline = (
             None if config.baseline is None
-            else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=self.stats)
+            else BaselinePlan(config.baseline, self.checkpoints, self.metrics, stats=self.stats, directions=self.directions)
         )
         self.store = ScoreStore(config.run_dir, run_id=run_id, worker=worker)
         self._scores: dict[str, dict[str, Score]] = {}
@@ -136,6 +136,15 @@ class Harness:
     @property
     def metrics(self) -> list[str]:
         return [metric for judge in self.judges for metric in judge.metrics]
+
+    @property
+    def directions(self) -> dict[str, Direction]:
+        """Each metric's direction ("higher", "lower" or "none"), as the judge producing it declares."""
+        return {metric: d for judge in self.judges for metric, d in judge_directions(judge).items()}
+
+    def metric_direction(self, metric: str) -> Direction:
+        """Whether `metric` is better when higher, when lower, or neither (see `judges.base.metric_direction`)."""
+        return metric_direction(metric, self.judges)
 
     def _check_threshold_metrics(self) -> None:
         unknown = sorted(set(self.config.thresholds) - set(self.metrics))
@@ -176,7 +185,9 @@ class Harness:
             means = {c: self.aggregates(c).means() for c in mine}
             values = {c: self.checkpoint_values(c) for c in mine}
             s = self.stats
-            self._best[loraname] = choose_best(means, self.config.best, values=values, resamples=s.resamples, seed=s.seed)[loraname]
+            self._best[loraname] = choose_best(
+                means, self.config.best, values=values, resamples=s.resamples, seed=s.seed, directions=self.directions,
+            )[loraname]
         return self._best[loraname]
 
     def aggregates(self, checkpoint: Checkpoint) -> CheckpointAggregates:

@@ -10,6 +10,11 @@ The baseline is another LoRA of the same run (`[baseline] lora = ...`) or a stor
 study's `res_*.csv`). Cases pair on (prompt id, seed); when one side has no seeds at all (the study's CSVs),
 on prompt id alone. Several values for one pair key (repeated generations, judge repeats) are averaged
 first, so each pair counts once in the bootstrap.
+
+A metric's direction comes from the judge that produces it (`judges.base.metric_direction`). A "lower"
+metric (e.g. `face_distance`) is compared mirrored: not worse means baseline - candidate >= -margin, and the
+messages say "lower is better". A "none" metric (e.g. `face_yaw_abs`, a head angle) has no better or
+worse: it is left out by default, and naming it in `[baseline] metrics` is a config error.
 """
 
 from __future__ import annotations
@@ -18,16 +23,17 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Literal, Mapping, Sequence
 
 import pandas as pd
 
 from lora_harness.core.cases import Checkpoint, checkpoint_order
 from lora_harness.core.config import BaselineConfig, ConfigError, StatsConfig, validate_metric_names
+from lora_harness.judges.base import Direction, metric_direction
 from lora_harness.run.scores_csv import ScoresCsvError, metric_columns, read_scores_csv
 from lora_harness.verdicts.enforce import enforce
 from lora_harness.verdicts.outcome import Decision, Policy, Verdict, decide
-from lora_harness.verdicts.stats import PairedDifference, paired_difference
+from lora_harness.verdicts.stats import MeanCI, PairedDifference, paired_difference
 from lora_harness.run.store import ScoreRow, latest_rows, read_rows
 
 if TYPE_CHECKING:  # the harness imports this module; at runtime it is passed in, never imported
@@ -137,10 +143,16 @@ class CaseDiff:
     label: str
     candidate: float
     baseline: float
+    direction: Literal["higher", "lower"] = "higher"
 
     @property
     def diff(self) -> float:
         return self.candidate - self.baseline
+
+    @property
+    def gain(self) -> float:
+        """How much better the candidate is: `diff`, mirrored for a lower-is-better metric."""
+        return self.diff if self.direction == "higher" else -self.diff
 
 
 DEFAULT_MARGIN_SCORE = 0.05  # scores in [0, 1]: half the per-image judge noise (sd 0.1) of LLM scores
@@ -163,7 +175,8 @@ class Comparison:
     """The non-inferiority verdict for one metric, with everything its message needs.
 
     Three ways: pass when the interval's lower bound clears -margin, fail when the whole interval is below
-    it, inconclusive otherwise; incomplete when too few cases pair up to compare at all.
+    it, inconclusive otherwise; incomplete when too few cases pair up to compare at all. The interval is of
+    the gain: candidate - baseline, or baseline - candidate for a lower-is-better metric (`direction`).
     """
 
     metric: str
@@ -177,10 +190,19 @@ class Comparison:
     note: str | None = None
     min_pairs: int = 2
     policy: Policy = Policy()
+    direction: Literal["higher", "lower"] = "higher"
+
+    @property
+    def gain(self) -> MeanCI:
+        """The interval the decision reads: `result.diff`, mirrored (baseline - candidate) when lower is better."""
+        d = self.result.diff
+        if self.direction == "higher":
+            return d
+        return MeanCI(-d.mean, d.std, d.n, -d.high, -d.low, d.confidence, d.method)
 
     @property
     def decision(self) -> Decision:
-        d = self.result.diff
+        d = self.gain
         if self.result.n < self.min_pairs:
             return "incomplete"
         if d.low >= -self.margin:
@@ -194,8 +216,9 @@ class Comparison:
         return self.decision == "pass"
 
     def describe(self, worst: int = 3) -> str:
-        r, d = self.result, self.result.diff
-        head = f"{self.metric}: {self.candidate} vs baseline {self.baseline}"
+        r, d = self.result, self.gain
+        lower = self.direction == "lower"
+        head = f"{self.metric}{' (lower is better)' if lower else ''}: {self.candidate} vs baseline {self.baseline}"
         if r.n < self.min_pairs:
             lines = [
                 f"{head}: only {r.n} paired case(s) with a value on both sides; a CI needs at least {self.min_pairs}. "
@@ -204,22 +227,25 @@ class Comparison:
         else:
             verdict = {
                 "pass": f"passes (CI low {d.low:+.4f} >= -margin {-self.margin:+.4f})",
-                "fail": f"FAILS: CI high {d.high:+.4f} < -margin {-self.margin:+.4f} (worse beyond the margin)",
+                "fail": f"FAILS: CI high {d.high:+.4f} < -margin {-self.margin:+.4f} "
+                + ("(the candidate's values rose beyond the margin, and lower is better)" if lower else "(worse beyond the margin)"),
                 "inconclusive": f"INCONCLUSIVE: the CI straddles -margin {-self.margin:+.4f}; "
                 f"about {self._pairs_to_decide()} pairs would decide",
             }[self.decision]
+            what = "improvement (baseline - candidate)" if lower else "difference"
             lines = [
-                f"{head}: difference {d.mean:+.4f} ({d.confidence:.0%} CI [{d.low:+.4f}, {d.high:+.4f}], "
+                f"{head}: {what} {d.mean:+.4f} ({d.confidence:.0%} CI [{d.low:+.4f}, {d.high:+.4f}], "
                 f"n={r.n} pairs), non-inferiority margin {self.margin:.4f}: {verdict}",
                 f"  means: candidate {r.candidate_mean:.4f}, baseline {r.baseline_mean:.4f}",
             ]
-            drops = [c for c in self.cases[:worst] if c.diff < 0]
+            drops = [c for c in self.cases[:worst] if c.gain < 0]
             if drops:
-                lines.append("  worst cases (largest drops): " + "; ".join(
+                kind = "largest rises; lower is better" if lower else "largest drops"
+                lines.append(f"  worst cases ({kind}): " + "; ".join(
                     f"{c.label}: {c.candidate:.4f} vs {c.baseline:.4f} ({c.diff:+.4f})" for c in drops
                 ))
             else:
-                lines.append("  no paired case dropped")
+                lines.append("  no paired case rose (lower is better)" if lower else "  no paired case dropped")
         for side, keys in (("candidate", self.unpaired_candidate), ("baseline", self.unpaired_baseline)):
             if keys:
                 more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
@@ -229,7 +255,7 @@ class Comparison:
         return "\n".join(lines)
 
     def _pairs_to_decide(self) -> int:
-        d = self.result.diff
+        d = self.gain
         gap = abs(d.mean + self.margin)
         half = (d.high - d.low) / 2
         if gap < 1e-9 or not math.isfinite(half):
@@ -258,8 +284,14 @@ def compare_paired(
     stats: StatsConfig | None = None,
     note: str | None = None,
     policy: Policy = Policy(),
+    direction: Direction = "higher",
 ) -> Comparison:
-    """Pair the two sides by key, average replicates per key, bootstrap the mean difference."""
+    """Pair the two sides by key, average replicates per key, bootstrap the mean difference.
+
+    `direction` "lower": the candidate is not worse when baseline - candidate >= -margin (a rise is a loss).
+    """
+    if direction not in ("higher", "lower"):
+        raise ValueError(f"{metric} has direction {direction!r}: no better or worse, so there is nothing to compare")
     stats = stats or StatsConfig()
     labels = labels or {}
 
@@ -276,7 +308,7 @@ def compare_paired(
     )
     if margin is None:
         margin = default_margin([cand[k] for k in shared], [base[k] for k in shared])  # type: ignore[misc]
-    cases = sorted((CaseDiff(label(k), cand[k], base[k]) for k in shared), key=lambda c: (c.diff, c.label))  # type: ignore[arg-type]
+    cases = sorted((CaseDiff(label(k), cand[k], base[k], direction) for k in shared), key=lambda c: (c.gain, c.label))  # type: ignore[arg-type]
     return Comparison(
         metric=metric,
         candidate=candidate_label,
@@ -288,6 +320,7 @@ def compare_paired(
         unpaired_baseline=tuple(label(k) for k in sorted(set(base) - set(cand), key=str)),
         note=note,
         policy=policy,
+        direction=direction,
     )
 
 
@@ -303,6 +336,7 @@ def compare_observations(
     stats: StatsConfig | None = None,
     note: str | None = None,
     policy: Policy = Policy(),
+    direction: Direction = "higher",
 ) -> Comparison:
     """Compare one metric of two sets of observations, pairing on the `on` fields (e.g. training_step,
     prompt_id to compare two whole sweeps of the study). Worst cases are named by the candidate's case key
@@ -321,7 +355,7 @@ def compare_observations(
             labels.setdefault(key, _observation_label(o, on))
     return compare_paired(
         cand, base, metric=metric, margin=margin, candidate_label=candidate_label, baseline_label=baseline_label,
-        labels=labels, stats=stats, note=note, policy=policy,
+        labels=labels, stats=stats, note=note, policy=policy, direction=direction,
     )
 
 
@@ -359,12 +393,20 @@ class BaselinePlan:
     produced_metrics: Sequence[str]
     stats: StatsConfig = field(default_factory=StatsConfig)
     stored: list[Observation] | None = None
+    directions: Mapping[str, Direction] = field(default_factory=dict)  # by metric; else `metric_direction`
 
     def __post_init__(self) -> None:
         cfg = self.config
         names = sorted({c.loraname for c in self.checkpoints})
         validate_metric_names("baseline.metrics", cfg.metrics or [], self.produced_metrics)
         validate_metric_names("baseline.margins", cfg.margins, self.produced_metrics)
+        for key, named in (("baseline.metrics", cfg.metrics or []), ("baseline.margins", cfg.margins)):
+            undirected = [m for m in named if self.direction(m) == "none"]
+            if undirected:
+                raise ConfigError(
+                    f"{key} names {', '.join(undirected)}: its judge declares no better or worse value (information, "
+                    "such as a head angle), so a candidate cannot be worse on it; remove it from " + key
+                )
         if cfg.lora is not None:
             if cfg.lora not in names:
                 raise ConfigError(f"baseline.lora = {cfg.lora!r} is not a LoRA of this run; LoRAs found: {', '.join(names)}")
@@ -386,9 +428,17 @@ class BaselinePlan:
         names = sorted({c.loraname for c in self.checkpoints})
         return [n for n in names if n != self.config.lora]
 
+    def direction(self, metric: str) -> Direction:
+        """The metric's direction: as the run's judges declare it, else as the registered judges do."""
+        return self.directions.get(metric) or metric_direction(metric)
+
     @property
     def metrics(self) -> list[str]:
-        return list(self.config.metrics or self.config.margins or self.produced_metrics)
+        """The configured metrics, else every produced metric that has a better and a worse direction."""
+        named = self.config.metrics or self.config.margins
+        if named:
+            return list(named)
+        return [m for m in self.produced_metrics if self.direction(m) != "none"]
 
     def margin(self, metric: str) -> float | None:
         """The configured margin; None: `default_margin` for the metric's kind, once the values are known."""
@@ -459,6 +509,7 @@ class BaselinePlan:
             on=("prompt_id", "seed") if use_seed else ("prompt_id",),
             candidate_label=candidate.key, baseline_label=where, stats=self.stats,
             note=None if use_seed else "paired on prompt id only: one side has no seeds", policy=harness.policy,
+            direction=self.direction(metric),  # type: ignore[arg-type]  # "none" metrics are not compared
         )
 
     @staticmethod

@@ -5,6 +5,10 @@ steps. The objective is `sum(weight[m] * mean[m])` over a checkpoint's metric me
 of some metric is below its minimum are excluded (the reason is reported). If every checkpoint is excluded,
 the highest objective is still named, marked as a fallback, so a gate on it fails on its thresholds rather
 than gating nothing. Ties go to the later step.
+
+Without `[best] weights`, each metric's weight follows its direction, as its judge declares it
+(`judges.base.metric_direction`): +1 when higher is better, -1 when lower is better (`face_distance`), and no
+weight for a metric with no better or worse (`face_yaw_abs`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 from lora_harness.core.cases import CHECK_ROLES, Checkpoint, step_label
 from lora_harness.checks.extra_cases import MEMORIZATION
 from lora_harness.core.config import BestConfig, ConfigError, validate_metric_names
+from lora_harness.judges.base import Direction, metric_direction
 from lora_harness.run.store import ScoreRow
 
 
@@ -110,14 +115,45 @@ class BestChoice:
         return f"{lower:.4f} lower" + (f": {', '.join(behind)}" if behind else ": tie, the later step wins")
 
 
-def validate_best_section(config: BestConfig | None, metrics: Sequence[str]) -> None:
-    """Weights and minimums must name metrics the judges produce; at least one weight must be non-zero."""
+def validate_best_section(
+    config: BestConfig | None, metrics: Sequence[str], directions: Mapping[str, Direction] | None = None
+) -> None:
+    """Weights and minimums must name metrics the judges produce; at least one weight must be non-zero.
+
+    A minimum on a lower-is-better metric is an error (it would exclude the better checkpoints); a positive
+    weight on one is a warning (it rewards a worse value)."""
     if config is None:
         return
     validate_metric_names("best.weights", config.weights, metrics)
     validate_metric_names("best.minimums", config.minimums, metrics)
     if config.weights and not any(w != 0 for w in config.weights.values()):
         raise ConfigError("best.weights are all 0: give at least one metric a non-zero weight")
+    direction = lambda m: (directions or {}).get(m) or metric_direction(m)  # noqa: E731
+    lower = [m for m in config.minimums if direction(m) == "lower"]
+    if lower:
+        raise ConfigError(
+            f"best.minimums names {', '.join(lower)}, which is better when lower: a minimum would exclude the better "
+            "checkpoints; remove it and set a maximum instead: "
+            + "; ".join(f"[thresholds.{m}] checkpoint_max = ..." for m in lower)
+        )
+    for metric, weight in config.weights.items():
+        if weight > 0 and direction(metric) == "lower":
+            warnings.warn(
+                f"lora-harness: best.weights.{metric} = {weight:g} rewards a worse value: {metric} is better when "
+                f"lower; use a negative weight such as {-weight:g}",
+                stacklevel=2,
+            )
+
+
+def default_weights(metrics: Iterable[str], directions: Mapping[str, Direction] | None = None) -> dict[str, float]:
+    """+1 for each metric better when higher, -1 for one better when lower, none for one without a direction."""
+    sign = {"higher": 1.0, "lower": -1.0}
+    weights = {}
+    for metric in metrics:
+        direction = (directions or {}).get(metric) or metric_direction(metric)
+        if direction in sign:
+            weights[metric] = sign[direction]
+    return weights
 
 
 SEPARABLE = 0.95  # a choice is "separable" when the best wins in at least this share of image resamples
@@ -130,19 +166,23 @@ def choose_best(
     values: Mapping[Checkpoint, Mapping[str, Sequence[float | None]]] | None = None,
     resamples: int = 2000,
     seed: int = 0,
+    directions: Mapping[str, Direction] | None = None,
 ) -> dict[str, BestChoice]:
     """Pick each LoRA's best checkpoint from per-checkpoint metric means (missing metric -> no objective).
 
     With `values` (each checkpoint's per-image values, aligned across metrics), also the probability that
     each ranked checkpoint is best: its images are resampled (bootstrap, fixed seed, images sorted first so
     the order rows arrive in does not matter) and the objective's argmax counted.
+
+    `directions` (metric -> "higher" / "lower" / "none", the run's judges'; else `metric_direction`) set the
+    default weights when the config has none.
     """
     config = config or BestConfig()
     by_lora: dict[str, list[Checkpoint]] = defaultdict(list)
     for checkpoint in means:
         by_lora[checkpoint.loraname].append(checkpoint)
     all_metrics = sorted({m for metric_means in means.values() for m in metric_means})
-    weights = dict(config.weights) or {m: 1.0 for m in all_metrics}
+    weights = dict(config.weights) or default_weights(all_metrics, directions)
     choices = {}
     for loraname, checkpoints in sorted(by_lora.items()):
         candidates = [_candidate(c, means[c], weights, config.minimums) for c in checkpoints]
