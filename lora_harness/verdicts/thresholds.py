@@ -43,19 +43,17 @@ class Finding:
             return f"{self.metric}: no score ({self.error})"
         if self.decision == "inconclusive":
             return f"{self.metric}: inconclusive: {self.detail}"
-        if self.maximum is not None:
-            if self.statistic == "ci":
-                return f"{self.metric} CI low = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum; {self.detail})"
-            if self.statistic == "ci_low":
-                return (f"{self.metric} CI high = {self.value:.4f} > {self.maximum:.4f} "
-                        f"(per-{self.level} maximum on the CI's upper bound; {self.detail})")
-            return f"{self.metric} = {self.value:.4f} > {self.maximum:.4f} (per-{self.level} maximum)"
+        # a minimum is broken from below, a maximum from above: `ci` names the interval's far end, `ci_low` its near one
+        kind, bound, sign, far, near, side = (
+            ("maximum", self.maximum, ">", "low", "high", "upper") if self.maximum is not None
+            else ("minimum", self.minimum, "<", "high", "low", "lower")
+        )
         if self.statistic == "ci":
-            return f"{self.metric} CI high = {self.value:.4f} < {self.minimum:.4f} (per-{self.level} minimum; {self.detail})"
+            return f"{self.metric} CI {far} = {self.value:.4f} {sign} {bound:.4f} (per-{self.level} {kind}; {self.detail})"
         if self.statistic == "ci_low":
-            return (f"{self.metric} CI low = {self.value:.4f} < {self.minimum:.4f} "
-                    f"(per-{self.level} minimum on the CI's lower bound; {self.detail})")
-        return f"{self.metric} = {self.value:.4f} < {self.minimum:.4f} (per-{self.level} minimum)"
+            return (f"{self.metric} CI {near} = {self.value:.4f} {sign} {bound:.4f} "
+                    f"(per-{self.level} {kind} on the CI's {side} bound; {self.detail})")
+        return f"{self.metric} = {self.value:.4f} {sign} {bound:.4f} (per-{self.level} {kind})"
 
     @property
     def outside(self) -> bool:
