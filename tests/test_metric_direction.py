@@ -151,3 +151,10 @@ def test_best_section_warns_on_a_rewarded_worse_value_and_refuses_a_minimum_on_a
     with pytest.raises(ConfigError, match="best.minimums names face_distance, which is better when lower.*"
                                           "\\[thresholds.face_distance\\] checkpoint_max"):
         validate_best_section(BestConfig(minimums={"face_distance": 0.5}), PRODUCED)
+
+
+def test_pixel_similarity_has_no_better_or_worse() -> None:
+    """Layout similarity to the references is memorization's concern, not quality: never a default comparison."""
+    judge = create_judge("pixel_similarity", {})
+    assert judge_directions(judge) == {"pixel_similarity_mean": "none", "pixel_similarity_max": "none"}
+    assert metric_direction("pixel_similarity_max") == "none"  # from the registered class, as the report reads it

@@ -45,6 +45,10 @@ def reference_names(context: JudgeContext) -> list[str]:
 class PixelSimilarityJudge:
     name = "pixel_similarity"
     version = VERSION
+    # Layout and shading against the references, not identity: higher is closer to a copy (memorization's
+    # concern), not better; so neither direction (`judges.base.metric_direction`): no default baseline or
+    # best-checkpoint weight uses it. Gate it with a threshold (`image_max`) or the memorization check.
+    directions = {"pixel_similarity_mean": "none", "pixel_similarity_max": "none"}
 
     def __init__(self, size: int = 64) -> None:
         if not isinstance(size, int) or isinstance(size, bool) or not 8 <= size <= 512:
@@ -88,3 +92,6 @@ class PixelSimilarityJudge:
 def _create(**options: Any) -> PixelSimilarityJudge:
     reject_unknown("pixel_similarity", {k: v for k, v in options.items() if k != "size"}, ["size"])
     return PixelSimilarityJudge(**options)
+
+
+_create.directions = PixelSimilarityJudge.directions  # type: ignore[attr-defined]  # read from the registry without building a judge
