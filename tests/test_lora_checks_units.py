@@ -107,14 +107,15 @@ def test_strength_verdict_default_margin_and_direction_per_metric() -> None:
     """Issue 14: a LoRA that changes nothing (gain 0.0) fails with the default margin; identity must rise,
     artifact scores may move either way, an explicit direction overrides."""
     from lora_harness.checks.settings import DEFAULT_STRENGTH_MARGIN, StrengthConfig
-    from lora_harness.checks.strength import metric_direction, strength_verdict
+    from lora_harness.checks.strength import strength_direction, strength_verdict
 
     config = StrengthConfig()
     assert config.margin == DEFAULT_STRENGTH_MARGIN == 0.05 and config.direction == "auto"
     with pytest.raises(ValueError, match="greater than 0"):
         StrengthConfig(margin=0)
-    assert metric_direction("face_identity_max") == "rise" and metric_direction("clip_score") == "rise"
-    assert metric_direction("spectral_score") == "any" and metric_direction("spectral_score", "fall") == "fall"
+    assert strength_direction("face_identity_max") == "rise" and strength_direction("clip_score") == "rise"
+    assert strength_direction("spectral_score") == "any" and strength_direction("spectral_score", "fall") == "fall"
+    assert strength_direction("face_distance") == "fall"  # declared lower-is-better by the face judge
 
     def verdict(metric, low, high, direction="auto"):
         return strength_verdict(metric, low, high, low_scale=0, high_scale=1, margin=config.margin, direction=direction)

@@ -18,9 +18,11 @@ from lora_harness.checks.extra_cases import STRENGTH, cases_for, check_targets, 
 from lora_harness.checks.result import CheckResult
 from lora_harness.core.cases import Checkpoint
 from lora_harness.checks.settings import StrengthDirection
+from lora_harness.judges import metric_direction as judge_metric_direction  # the package: every judge registered
 
 # Metrics that measure the person (or the prompt's content): the LoRA must raise them.
 _RISING = ("identity", "similarity", "clip", "dino")
+
 
 if TYPE_CHECKING:
     from lora_harness.run.harness import Harness
@@ -84,17 +86,21 @@ def evaluate_strength(harness: "Harness", checkpoint: Checkpoint) -> CheckResult
     return result
 
 
-def metric_direction(metric: str, direction: StrengthDirection = "auto") -> str:
-    """`rise`, `fall` or `any`: `auto` is rise for identity/similarity metrics, any for the rest (artifacts)."""
+def strength_direction(metric: str, direction: StrengthDirection = "auto") -> str:
+    """`rise`, `fall` or `any`: `auto` is fall for a metric its judge declares lower-is-better (`face_distance`:
+    a stronger LoRA must come closer to the person), rise for identity/similarity metrics, any for the rest
+    (artifacts)."""
     if direction != "auto":
         return direction
+    if judge_metric_direction(metric) == "lower":
+        return "fall"
     return "rise" if any(word in metric.lower() for word in _RISING) else "any"
 
 
 def strength_verdict(metric: str, low: float, high: float, *, low_scale: float, high_scale: float, margin: float,
                      direction: StrengthDirection = "auto") -> tuple[bool, str]:
     """(passed, the line explaining it) for the means at the low and high scale."""
-    way = metric_direction(metric, direction)
+    way = strength_direction(metric, direction)
     gain = high - low
     rule = f"{metric}({high_scale:g}) - {metric}({low_scale:g}) = {high:.4f} - {low:.4f} = {gain:.4f}"
     moved = {"rise": gain, "fall": -gain, "any": abs(gain)}[way]
