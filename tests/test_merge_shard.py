@@ -117,6 +117,22 @@ def test_merge_combines_scores_sessions_and_thumbnails(tmp_path: Path) -> None:
     assert len(pd.read_csv(tmp_path / "merged" / "scores.csv")) == 4
 
 
+def test_merge_carries_the_reference_audit(tmp_path: Path) -> None:
+    """Only the shard that ran the reference test has the audit; the merged report still shows it."""
+    from lora_harness.analyses.reference_audit import AuditEntry, ReferenceAudit
+    from lora_harness.report.identity import read_audit, write_audit
+
+    one = _run(tmp_path, "s1", [(200, "00")], run_id="run1")
+    two = _run(tmp_path, "s2", [(400, "00")], run_id="run2")
+    stranger = AuditEntry("refs/stranger.png", face_px=120, loo_distance=0.81, reasons=["other person"],
+                          details=["distance 0.81 to the other photos' mean face"])
+    write_audit(two, ReferenceAudit([AuditEntry("refs/a.png", face_px=140, loo_distance=0.2), stranger], [], "dlib", 0.6, 80, 0.97))
+    result = merge_runs([one, two], tmp_path / "merged")
+    merged = read_audit(tmp_path / "merged")
+    assert merged is not None and [e.path for e in merged.outliers] == ["refs/stranger.png"]
+    assert "stranger.png" in result.report.html.read_text()
+
+
 def test_merge_refuses_different_configs_unless_forced(tmp_path: Path) -> None:
     one = _run(tmp_path, "s1", [(200, "00")], run_id="run1")
     two = _run(tmp_path, "s2", [(400, "00")], config="hash-b", run_id="run2")

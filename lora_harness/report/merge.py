@@ -22,6 +22,7 @@ from typing import Sequence
 from lora_harness.report.build import ReportFiles, report_run
 from lora_harness.report.html import ReportOptions
 from lora_harness.report.manifest import ManifestError, RunManifest, read_manifest, write_manifest
+from lora_harness.report.identity import AUDIT_FILE
 from lora_harness.report.thumb_pack import PACK_SUFFIX
 from lora_harness.report.thumbs import THUMBS_DIRNAME
 from lora_harness.run.store import SCORES_DIRNAME, latest_rows, read_rows
@@ -55,6 +56,7 @@ def merge_runs(
         if (run_dir / THUMBS_DIRNAME).is_dir():
             for pattern in ("*/*.jpg", f"*/*{PACK_SUFFIX}"):  # files a report made; packs made while judging
                 _copy_tree(run_dir / THUMBS_DIRNAME, out_dir / THUMBS_DIRNAME, pattern, strict=False)
+    _carry_audit(run_dirs, out_dir)
     manifest = _merged_manifest(run_dirs, manifests)
     write_manifest(out_dir, manifest)
     rows = latest_rows(read_rows(out_dir))
@@ -96,6 +98,18 @@ def _check_inputs(run_dirs: list[Path], out_dir: Path, force: bool) -> list[RunM
             "config, or pass --force to merge anyway (the report then lists the mixed config hashes)"
         )
     return manifests
+
+
+def _carry_audit(run_dirs: list[Path], out_dir: Path) -> None:
+    """The reference audit (`reference_audit.json`, one per run folder) of the newest input that has one: every
+    shard audits the same references (one config), so the report's "Reference audit" section survives a merge."""
+    audits = [d / AUDIT_FILE for d in run_dirs if (d / AUDIT_FILE).is_file() and d.resolve() != out_dir.resolve()]
+    if not audits:
+        return
+    newest = max(audits, key=lambda path: path.stat().st_mtime)
+    target = out_dir / AUDIT_FILE
+    if not target.is_file() or newest.stat().st_mtime > target.stat().st_mtime:
+        shutil.copy2(newest, target)
 
 
 def _copy_tree(source: Path, target: Path, pattern: str, *, strict: bool) -> int:
