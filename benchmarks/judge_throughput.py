@@ -29,6 +29,7 @@ Target: judging ahead within 1.25x of the ideal bound; the server never sees mor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -57,6 +59,20 @@ def serve(latency: float, port_queue: "multiprocessing.Queue[str]", stop: "multi
     with FakeOpenAIServer(latency=latency, jitter=jitter, score_from="hash") as server:
         port_queue.put(server.url)
         stop.wait()
+
+
+@contextlib.contextmanager
+def serving(args: argparse.Namespace) -> Iterator[str]:
+    """The local OpenAI-compatible server with the benchmark's latency, in its own process; yields its URL."""
+    ctx = multiprocessing.get_context("spawn")
+    queue, stop = ctx.Queue(), ctx.Event()
+    process = ctx.Process(target=serve, args=(args.latency, queue, stop, args.jitter), daemon=True)
+    process.start()
+    try:
+        yield queue.get(timeout=60)
+    finally:
+        stop.set()
+        process.join(timeout=10)
 
 
 def server_calls(url: str) -> int:
@@ -113,12 +129,7 @@ def suite_run(args: argparse.Namespace, ahead: bool, tag: str) -> dict:
 
     from llm_suite import write_suite
 
-    ctx = multiprocessing.get_context("spawn")
-    queue, stop = ctx.Queue(), ctx.Event()
-    process = ctx.Process(target=serve, args=(args.latency, queue, stop, args.jitter), daemon=True)
-    process.start()
-    try:
-        url = queue.get(timeout=60)
+    with serving(args) as url:
         with tempfile.TemporaryDirectory() as tmp:
             root = Path(tmp)
             checkpoints = -(-args.images // args.prompts)
@@ -143,9 +154,6 @@ def suite_run(args: argparse.Namespace, ahead: bool, tag: str) -> dict:
                 raise SystemExit(f"benchmark pytest run failed:\n{result.stdout[-3000:]}\n{result.stderr[-2000:]}")
             stats = server_stats(url)
             return {"images": len(pngs), "wall": wall, **stats}
-    finally:
-        stop.set()
-        process.join(timeout=10)
 
 
 def workers_main(args: argparse.Namespace) -> int:
@@ -197,12 +205,7 @@ def main() -> int:
     if args.workers:
         return workers_main(args)
 
-    ctx = multiprocessing.get_context("spawn")
-    queue, stop = ctx.Queue(), ctx.Event()
-    process = ctx.Process(target=serve, args=(args.latency, queue, stop, args.jitter), daemon=True)
-    process.start()
-    try:
-        url = queue.get(timeout=60)
+    with serving(args) as url:
         pixels = images(args.images, args.size)
         reference = images(1, args.size)[0][::-1].copy()
         with tempfile.TemporaryDirectory() as tmp:
@@ -221,9 +224,6 @@ def main() -> int:
                 items = list(zip(cases(args.images, f"b{repeat}"), pixels))
                 runs.append(timed(ours, items, context, url))
             t_cached, calls_cached, res_cached, _ = timed(ours, items, context, url)  # the last repeat again
-    finally:
-        stop.set()
-        process.join(timeout=10)
 
     walls = [run[0] for run in runs]
     t_ours = statistics.median(walls)

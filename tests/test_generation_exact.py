@@ -20,23 +20,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
+from tiny_flux import model_dir, one_thread  # noqa: E402,F401  (module-scoped fixtures)
 from lora_harness.generation.errors import LoraNoEffectError  # noqa: E402
 from lora_harness.generation.lora import LoraManager, validate_lora  # noqa: E402
 from lora_harness.generation.pipeline import Target, load_pipeline  # noqa: E402
 from lora_harness.generation.settings import PipelineConfig  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_flux.save_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")
 
 
 @pytest.fixture(scope="module")

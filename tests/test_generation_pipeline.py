@@ -25,6 +25,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 import tiny_flux  # noqa: E402
+from tiny_flux import model_dir, one_thread  # noqa: E402,F401  (module-scoped fixtures)
 from lora_harness.core.config import parse_config  # noqa: E402
 from generation_log import read_log  # noqa: E402
 from lora_harness.generation.cache import stored_digest  # noqa: E402
@@ -36,20 +37,6 @@ from lora_harness.run.harness import Harness  # noqa: E402
 from lora_harness.sources import collect_cases  # noqa: E402
 
 PROMPTS = ["a photo of sks person --w 32 --h 32 --s 2", "sks person at the beach --w 48 --h 32 --s 2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """This machine is shared; two OpenMP threads per process under load are 10x slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    return tiny_flux.save_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import string
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
@@ -228,3 +229,19 @@ if __name__ == "__main__":
     write_diffusers_lora(out / "diffusers-lora.safetensors")
     write_kohya_sweep(out / "kohya")
     print(f"wrote {out}/pipeline, {out}/diffusers-lora.safetensors and {out}/kohya/")
+
+
+# Module-scoped fixtures the generation test files import (`from tiny_flux import model_dir, one_thread`).
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """This machine is shared; two OpenMP threads per process under load are 10x slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """The tiny FLUX pipeline, saved once per test module."""
+    return save_tiny_flux(tmp_path_factory.mktemp("tiny") / "flux")

@@ -45,7 +45,6 @@ def expected_embedding(crop: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def save_tiny_recognizer(path: Path, seed: int = 0) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     nodes = [
@@ -59,12 +58,7 @@ def save_tiny_recognizer(path: Path, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("683", TensorProto.FLOAT, ["None", 512])],
         initializer=[numpy_helper.from_array(recognizer_matrix(seed), "W")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def detector_outputs(faces: list[FakeFace], size: int = 640) -> list[np.ndarray]:
@@ -88,7 +82,6 @@ def detector_outputs(faces: list[FakeFace], size: int = 640) -> list[np.ndarray]
 
 
 def save_tiny_detector(path: Path, faces: list[FakeFace], size: int = 640, dynamic: bool = False) -> Path:
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     arrays = detector_outputs(faces, size)
@@ -105,6 +98,14 @@ def save_tiny_detector(path: Path, faces: list[FakeFace], size: int = 640, dynam
         nodes, "tiny_scrfd", [helper.make_tensor_value_info("input.1", TensorProto.FLOAT, dims)], outputs,
         initializer=initializers,
     )
+    return _save(graph, path)
+
+
+def _save(graph: "onnx.GraphProto", path: Path) -> Path:
+    """A checked model of `graph` at the opset and IR version onnxruntime's CPU build reads."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
     onnx.checker.check_model(model)
