@@ -34,7 +34,8 @@ def test_the_face_judge_declares_its_directions() -> None:
     # the same answer without an instance (a report read back from stored rows), and "higher" by default
     assert metric_direction("face_distance") == "lower" and metric_direction("face_yaw_abs") == "none"
     assert metric_direction("spectral_score") == "higher" and metric_direction("no_such_metric") == "higher"
-    assert metric_direction("face_distance", [create_judge("image_stats")]) == "higher"  # not this run's judge
+    assert metric_direction("face_distance", {"face_distance": "higher"}) == "higher"  # the run's declaration wins
+    assert metric_direction("face_distance", {"face_match": "higher"}) == "lower"  # else the registered judge's
 
 
 def test_a_judge_declaring_an_unknown_direction_is_refused() -> None:
@@ -120,9 +121,9 @@ options = {{ pose_bands = true }}
 lora = "base"
 """
     harness = Harness(parse_config(tomllib.loads(text), base_dir=tmp_path), run_id="t")
-    assert harness.metric_direction("face_distance") == "lower"
-    assert harness.metric_direction("face_yaw_abs") == "none"
-    assert harness.metric_direction("face_match") == "higher"
+    assert harness.directions["face_distance"] == "lower"
+    assert harness.directions["face_yaw_abs"] == "none"
+    assert harness.directions["face_match"] == "higher"
     assert harness.baseline is not None
     assert "face_yaw_abs" not in harness.baseline.metrics
     assert harness.baseline.direction("face_distance_profile") == "lower"

@@ -11,7 +11,7 @@ import difflib
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -138,17 +138,15 @@ def judge_directions(judge: Any) -> dict[str, Direction]:
     return {metric: declared.get(metric, "higher") for metric in judge.metrics}
 
 
-def metric_direction(metric: str, judges: Iterable[Any] | None = None) -> Direction:
+def metric_direction(metric: str, declared: Mapping[str, Direction] | None = None) -> Direction:
     """Whether a metric is better when "higher", when "lower", or neither ("none"), as its judge declares.
 
-    `judges`: the run's judges (`Harness.metric_direction` passes them). Without them (a report read back
-    from stored rows), the registered judges' class-level `directions`. A metric nobody declares: "higher".
+    `declared`: the run's judges' directions (`Harness.directions`), which win. Otherwise (a metric no judge
+    of the run produces, a report read back from stored rows) the registered judges' class-level
+    `directions`. A metric nobody declares: "higher".
     """
-    if judges is not None:
-        for judge in judges:
-            if metric in judge.metrics:
-                return judge_directions(judge)[metric]
-        return "higher"
+    if declared and metric in declared:
+        return declared[metric]
     for factory in _REGISTRY.values():
         declared = getattr(factory, "directions", None)
         if isinstance(declared, Mapping) and declared.get(metric) in DIRECTIONS:

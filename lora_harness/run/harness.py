@@ -25,7 +25,7 @@ from lora_harness.verdicts.outcome import Policy, Verdict
 from lora_harness.verdicts.sequential import decision_stats, repeat_rounds
 from lora_harness.core.images import ImageError, load_rgb
 from lora_harness.judges import Judge, JudgeContext, Score, create_judge
-from lora_harness.judges.base import Direction, UnknownJudgeError, error_scores, judge_many, judge_directions, metric_direction
+from lora_harness.judges.base import Direction, UnknownJudgeError, error_scores, judge_many, judge_directions
 from lora_harness.judges.model_loading import UNAVAILABLE_KEY, ModelUnavailable
 from lora_harness.sources import baseline_names, collect_cases
 from lora_harness.sources.generate import IMAGES_DIRNAME, GeneratedCase
@@ -141,10 +141,6 @@ class Harness:
     def directions(self) -> dict[str, Direction]:
         """Each metric's direction ("higher", "lower" or "none"), as the judge producing it declares."""
         return {metric: d for judge in self.judges for metric, d in judge_directions(judge).items()}
-
-    def metric_direction(self, metric: str) -> Direction:
-        """Whether `metric` is better when higher, when lower, or neither (see `judges.base.metric_direction`)."""
-        return metric_direction(metric, self.judges)
 
     def _check_threshold_metrics(self) -> None:
         unknown = sorted(set(self.config.thresholds) - set(self.metrics))

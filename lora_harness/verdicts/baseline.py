@@ -430,7 +430,7 @@ class BaselinePlan:
 
     def direction(self, metric: str) -> Direction:
         """The metric's direction: as the run's judges declare it, else as the registered judges do."""
-        return self.directions.get(metric) or metric_direction(metric)
+        return metric_direction(metric, self.directions)
 
     @property
     def metrics(self) -> list[str]:

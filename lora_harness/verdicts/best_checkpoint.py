@@ -128,8 +128,7 @@ def validate_best_section(
     validate_metric_names("best.minimums", config.minimums, metrics)
     if config.weights and not any(w != 0 for w in config.weights.values()):
         raise ConfigError("best.weights are all 0: give at least one metric a non-zero weight")
-    direction = lambda m: (directions or {}).get(m) or metric_direction(m)  # noqa: E731
-    lower = [m for m in config.minimums if direction(m) == "lower"]
+    lower = [m for m in config.minimums if metric_direction(m, directions) == "lower"]
     if lower:
         raise ConfigError(
             f"best.minimums names {', '.join(lower)}, which is better when lower: a minimum would exclude the better "
@@ -137,7 +136,7 @@ def validate_best_section(
             + "; ".join(f"[thresholds.{m}] checkpoint_max = ..." for m in lower)
         )
     for metric, weight in config.weights.items():
-        if weight > 0 and direction(metric) == "lower":
+        if weight > 0 and metric_direction(metric, directions) == "lower":
             warnings.warn(
                 f"lora-harness: best.weights.{metric} = {weight:g} rewards a worse value: {metric} is better when "
                 f"lower; use a negative weight such as {-weight:g}",
@@ -150,7 +149,7 @@ def default_weights(metrics: Iterable[str], directions: Mapping[str, Direction] 
     sign = {"higher": 1.0, "lower": -1.0}
     weights = {}
     for metric in metrics:
-        direction = (directions or {}).get(metric) or metric_direction(metric)
+        direction = metric_direction(metric, directions)
         if direction in sign:
             weights[metric] = sign[direction]
     return weights
